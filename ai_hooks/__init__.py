@@ -1,0 +1,1 @@
+"""AI engine hooks: subscriptions, deliveries, results. Built in its own issue."""

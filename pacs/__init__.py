@@ -1,0 +1,1 @@
+"""The archive service: settings, storage, index, ingest, events, DIMSE server, CLI."""

@@ -1,0 +1,87 @@
+"""The archive service: the one object every door calls (DESIGN.md "One archive, several doors").
+
+It owns the index database and the blob store and exposes ingest, the change feed,
+health and housekeeping. Protocol code holds a reference to it and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .errors import StorageUnavailable
+from .events import ChangeEvent, read_changes, sweep_stable
+from .index.db import Database
+from .index.migrate import upgrade
+from .ingest import IngestResult, ingest_bytes, ingest_file, sweep_orphans
+from .settings import Settings
+from .storage import BlobStore, FolderStore, open_blob_store
+
+log = logging.getLogger(__name__)
+
+
+class Archive:
+    """Settings + index + blob store, and the operations on them."""
+
+    def __init__(self, settings: Settings, *, store: BlobStore | None = None, migrate: bool = True) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(settings.resolved_database_url, pool_size=max(10, settings.max_associations + 8))
+        self.store = store or open_blob_store(
+            settings.resolved_storage_url,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            multipart_threshold=settings.s3_multipart_threshold,
+        )
+        self.incoming_dir = self._incoming_dir()
+        if migrate:
+            upgrade(self.db)
+
+    def _incoming_dir(self) -> str:
+        """Where received objects are spooled: on the blob folder's filesystem when local,
+        so that storing them is a rename, not a copy."""
+        if isinstance(self.store, FolderStore):
+            path = Path(self.store.temp_dir)
+        else:
+            path = self.settings.data_dir / "incoming"
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    # -- ingest -------------------------------------------------------------------
+    def ingest_file(self, path: str | os.PathLike[str], **kwargs) -> IngestResult:  # type: ignore[no-untyped-def]
+        """Ingest a Part 10 file (see :func:`pacs.ingest.ingest_file`)."""
+        return ingest_file(self, path, **kwargs)
+
+    def ingest_bytes(self, data: bytes, **kwargs) -> IngestResult:  # type: ignore[no-untyped-def]
+        """Ingest a Part 10 object held in memory."""
+        return ingest_bytes(self, data, **kwargs)
+
+    # -- events -------------------------------------------------------------------
+    def changes(self, since: int, limit: int) -> list[ChangeEvent]:
+        return read_changes(self.db, since, limit)
+
+    def sweep_stable(self, now: float | None = None) -> int:
+        return sweep_stable(self.db, self.settings.stable_seconds, now)
+
+    # -- housekeeping ---------------------------------------------------------------
+    def sweep_orphans(self, grace_seconds: float | None = None) -> int:
+        grace = self.settings.orphan_grace_seconds if grace_seconds is None else grace_seconds
+        removed = sweep_orphans(self, grace)
+        if removed:
+            log.info("removed %d orphan objects", removed)
+        return removed
+
+    def health(self) -> dict[str, str]:
+        """Reachability of the index and the blob store."""
+        status = {}
+        for name, check in (("database", self.db.check), ("storage", self.store.check)):
+            try:
+                check()
+                status[name] = "ok"
+            except (StorageUnavailable, OSError) as exc:
+                status[name] = f"unavailable: {exc}"[:200]
+        return status
+
+    def close(self) -> None:
+        self.db.dispose()

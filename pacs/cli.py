@@ -1,0 +1,147 @@
+"""The ``pacs`` command line: serve, import, sample-data, db upgrade, ae add/list/remove."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from . import aes
+from .archive import Archive
+from .errors import PacsError
+from .settings import Settings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    overrides = {"host": args.host, "dimse_port": args.dimse_port, "http_port": args.http_port}
+    settings = load_settings(args.config, **overrides)
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("pacs").warning(
+            "listening on %s: no authentication exists yet; keep this behind a firewall", settings.host
+        )
+    serve(settings)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .importer import import_paths
+
+    archive = Archive(_settings(args))
+    try:
+        summary = import_paths(archive, args.paths, workers=args.workers, progress=not args.quiet)
+    finally:
+        archive.close()
+    print(f"stored {summary.stored}, duplicate {summary.duplicate}, failed {summary.failed}")
+    for reason, count in summary.reasons.most_common():
+        print(f"  failed: {count} x {reason}")
+    return 1 if summary.failed and not summary.stored else 0
+
+
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    from sample_data.generator import generate_sample_studies, write_series
+
+    from .importer import import_paths
+
+    archive = Archive(_settings(args))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            write_series(generate_sample_studies(seed=args.seed), Path(tmp))
+            summary = import_paths(archive, [tmp], progress=not args.quiet)
+    finally:
+        archive.close()
+    print(f"sample data: stored {summary.stored}, duplicate {summary.duplicate}, failed {summary.failed}")
+    return 0 if not summary.failed else 1
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    archive = Archive(_settings(args))  # migrates on open
+    archive.close()
+    print("index schema is up to date")
+    return 0
+
+
+def cmd_ae(args: argparse.Namespace) -> int:
+    archive = Archive(_settings(args))
+    try:
+        if args.ae_command == "add":
+            entry = aes.add_ae(archive.db, args.name, args.host, args.port, args.description)
+            print(f"added {entry.ae_title} {entry.host}:{entry.port}")
+        elif args.ae_command == "remove":
+            aes.remove_ae(archive.db, args.name)
+            print(f"removed {args.name}")
+        else:
+            for entry in aes.list_aes(archive.db):
+                print(f"{entry.ae_title:<16} {entry.host}:{entry.port}  {entry.description}")
+    finally:
+        archive.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pacs", description="DICOM archive with DIMSE and DICOMweb")
+    parser.add_argument("--config", help="TOML settings file (environment PACS_* overrides it)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (may include identifiers)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the DIMSE and HTTP servers")
+    serve.add_argument("--config", default=argparse.SUPPRESS)
+    serve.add_argument("--host")
+    serve.add_argument("--dimse-port", type=int)
+    serve.add_argument("--http-port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    imp = sub.add_parser("import", help="import files, folders and zip archives")
+    imp.add_argument("paths", nargs="+")
+    imp.add_argument("--workers", type=int, default=0)
+    imp.add_argument("-q", "--quiet", action="store_true")
+    imp.set_defaults(func=cmd_import)
+
+    sample = sub.add_parser("sample-data", help="generate and import the demo studies")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("-q", "--quiet", action="store_true")
+    sample.set_defaults(func=cmd_sample_data)
+
+    db = sub.add_parser("db", help="index database")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply schema migrations").set_defaults(func=cmd_db_upgrade)
+
+    ae = sub.add_parser("ae", help="registry of remote AEs")
+    ae_sub = ae.add_subparsers(dest="ae_command", required=True)
+    add = ae_sub.add_parser("add")
+    add.add_argument("name")
+    add.add_argument("host")
+    add.add_argument("port", type=int)
+    add.add_argument("--description", default="")
+    remove = ae_sub.add_parser("remove")
+    remove.add_argument("name")
+    ae_sub.add_parser("list")
+    ae.set_defaults(func=cmd_ae)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except PacsError as exc:
+        print(f"error: {exc.reason}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

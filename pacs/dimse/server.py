@@ -1,0 +1,135 @@
+"""The DIMSE server: Verification and every Storage SOP class pynetdicom knows.
+
+Each storage SOP class is offered with every transfer syntax pynetdicom knows
+(uncompressed, deflate, RLE, JPEG family, JPEG-LS, JPEG 2000, HTJ2K, MPEG, HEVC); the
+bytes are stored as received, pixel data never decoded. Received datasets are streamed
+to a file on the blob folder's filesystem (``STORE_RECV_CHUNKED_DATASET``), so memory
+stays flat whatever the object size, and storing the object is a rename.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from pynetdicom import (
+    ALL_TRANSFER_SYNTAXES,
+    AE,
+    AllStoragePresentationContexts,
+    _config,
+    evt,
+)
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from . import handlers
+
+if TYPE_CHECKING:
+    from ..archive import Archive
+
+log = logging.getLogger(__name__)
+
+
+def configure_pynetdicom() -> None:
+    """Process-wide pynetdicom settings: no identifiers in logs, stream received data."""
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.LOG_HANDLER_LEVEL = "none"
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+class PacsAssociationServer(ThreadedAssociationServer):
+    """Sets TCP_NODELAY on every accepted socket (without it each DIMSE message can stall
+    ~40 ms on delayed ACKs) and optionally SO_REUSEPORT so several processes share a port."""
+
+    reuse_port = False
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+
+def build_ae(archive: Archive) -> AE:
+    """An AE with our AE title, limits and presentation contexts."""
+    settings = archive.settings
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_pdu_size = settings.max_pdu_size
+    ae.maximum_associations = settings.max_associations
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.network_timeout = settings.network_timeout
+    ae.acse_timeout = 30
+    ae.require_called_aet = settings.require_called_ae
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    return ae
+
+
+class DimseServer:
+    """Runs the DIMSE acceptor in background threads next to the HTTP server."""
+
+    def __init__(self, archive: Archive, *, reuse_port: bool = False) -> None:
+        configure_pynetdicom()
+        # pynetdicom spools received datasets with NamedTemporaryFile(): put them on the
+        # blob folder's filesystem so ingest can rename instead of copy.
+        tempfile.tempdir = archive.incoming_dir
+        self.archive = archive
+        self.ae = build_ae(archive)
+        self.reuse_port = reuse_port
+        self.server: PacsAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def _handlers(self) -> list:
+        return [
+            (evt.EVT_C_ECHO, handlers.handle_echo),
+            (evt.EVT_C_STORE, handlers.handle_store, [self.archive]),
+            (evt.EVT_ACCEPTED, handlers.handle_association_accepted),
+            (evt.EVT_RELEASED, handlers.handle_association_closed),
+            (evt.EVT_ABORTED, handlers.handle_association_closed),
+            (evt.EVT_REJECTED, handlers.handle_association_rejected),
+        ]
+
+    def start(self, host: str | None = None, port: int | None = None) -> tuple[str, int]:
+        """Start listening; returns the bound (host, port) (port 0 picks a free one)."""
+        settings = self.archive.settings
+        address = (host or settings.host, settings.dimse_port if port is None else port)
+        server_class = type("Server", (PacsAssociationServer,), {"reuse_port": self.reuse_port})
+        self.server = self.ae.make_server(address, evt_handlers=self._handlers(), server_class=server_class)
+        self._thread = threading.Thread(target=self.server.serve_forever, name="dimse-acceptor", daemon=True)
+        self._thread.start()
+        self.ae._servers.append(self.server)
+        bound = self.server.server_address
+        log.info("DIMSE %s listening on %s:%d", settings.ae_title, bound[0], bound[1])
+        return bound[0], bound[1]
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.server_address[1])
+
+    def active_associations(self) -> int:
+        return len(self.ae.active_associations)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting, let in-flight associations finish for ``timeout`` s, then abort."""
+        if self.server is None:
+            return
+        self.server.shutdown()
+        deadline = time.monotonic() + timeout
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.ae.active_associations:
+            log.warning("aborting %d associations still open at shutdown", len(self.ae.active_associations))
+        self.ae.shutdown()
+        self.server = None

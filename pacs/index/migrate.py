@@ -1,0 +1,49 @@
+"""``pacs db upgrade``: bring the index schema to the newest Alembic revision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import insert, select
+
+from .db import Database
+from .models import EventCounter, SchemaMeta
+from .names import PN_NORMALISATION_VERSION
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(db: Database) -> None:
+    """Apply every pending migration, then seed the singleton rows."""
+    cfg = alembic_config(db.url)
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    _seed(db)
+
+
+def _seed(db: Database) -> None:
+    with db.write() as conn:
+        if conn.execute(select(EventCounter.id)).first() is None:
+            conn.execute(insert(EventCounter).values(id=1, last_id=0))
+        version = conn.execute(
+            select(SchemaMeta.value).where(SchemaMeta.key == "pn_normalisation")
+        ).scalar()
+        if version is None:
+            conn.execute(
+                insert(SchemaMeta).values(key="pn_normalisation", value=PN_NORMALISATION_VERSION)
+            )
+        elif version != PN_NORMALISATION_VERSION:
+            raise RuntimeError(
+                f"index uses person-name normalisation v{version}, this release v"
+                f"{PN_NORMALISATION_VERSION}: run the re-index migration"
+            )

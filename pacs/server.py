@@ -1,0 +1,82 @@
+"""``pacs serve``: the DIMSE and HTTP servers in one process, plus background sweeps.
+
+Lifecycle (aiohttp cleanup context): sweep orphans, start DIMSE, start the sweeps;
+on SIGTERM aiohttp stops accepting HTTP, lets in-flight requests finish, then the DIMSE
+server stops accepting and waits for in-flight associations before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from .archive import Archive
+from .dimse.server import DimseServer
+from .settings import Settings
+from .web import create_app
+
+log = logging.getLogger(__name__)
+
+DIMSE = web.AppKey("dimse", DimseServer)
+ORPHAN_SWEEP_EVERY = 60.0
+
+
+async def _stability_loop(archive: Archive) -> None:
+    interval = archive.settings.stability_check_interval
+    while True:
+        try:
+            await asyncio.to_thread(archive.sweep_stable)
+        except Exception:
+            log.exception("stability sweep failed; retrying")
+        await asyncio.sleep(interval)
+
+
+async def _orphan_loop(archive: Archive) -> None:
+    while True:
+        await asyncio.sleep(ORPHAN_SWEEP_EVERY)
+        try:
+            await asyncio.to_thread(archive.sweep_orphans)
+        except Exception:
+            log.exception("orphan sweep failed; retrying")
+
+
+def build_application(archive: Archive, *, dimse_port: int | None = None, reuse_port: bool = False) -> web.Application:
+    """The full application: archive routes, DICOMweb routes when present, DIMSE, sweeps."""
+    app = create_app(archive)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await asyncio.to_thread(archive.sweep_orphans)
+        dimse = DimseServer(archive, reuse_port=reuse_port)
+        await asyncio.to_thread(dimse.start, None, dimse_port)
+        app[DIMSE] = dimse
+        tasks = [asyncio.create_task(_stability_loop(archive)), asyncio.create_task(_orphan_loop(archive))]
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.to_thread(dimse.stop, archive.settings.shutdown_timeout)
+        archive.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT."""
+    archive = Archive(settings)
+    app = build_application(archive)
+    log.info("HTTP listening on %s:%d", settings.host, settings.http_port)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        shutdown_timeout=settings.shutdown_timeout,
+        print=None,
+        access_log=None,
+    )

@@ -1,0 +1,151 @@
+"""One typed settings object, read from environment variables and an optional TOML file.
+
+Precedence: explicit keyword arguments > environment (``PACS_*``) > TOML file > defaults.
+The environment variable names are a public contract; ``docs/configuration.md`` lists
+every field with its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+DUPLICATE_POLICIES = ("reject", "overwrite", "keep")
+
+
+def _doc(text: str, **kwargs: Any) -> Any:
+    """A dataclass field carrying its documentation in metadata."""
+    return field(metadata={"doc": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the archive. Field ``x`` is read from ``PACS_X``."""
+
+    ae_title: str = _doc("AE title of the DIMSE server.", default="PACS")
+    host: str = _doc("Address the DIMSE and HTTP servers bind to.", default="127.0.0.1")
+    dimse_port: int = _doc("DIMSE (DICOM upper layer) port.", default=11112)
+    http_port: int = _doc("HTTP port (DICOMweb, /healthz, /metrics, /api).", default=8080)
+    data_dir: Path = _doc("Folder for the embedded database and object store.", default=Path("./data"))
+    database_url: str = _doc(
+        "SQLAlchemy URL of the index. Default: SQLite file `index.sqlite` in the data dir. "
+        "A `postgresql://` URL uses PostgreSQL (psycopg 3).",
+        default="",
+    )
+    storage_url: str = _doc(
+        "Where objects go: a folder path or `file://` URL (default: `objects/` in the data dir), "
+        "or `s3://bucket/prefix`.",
+        default="",
+    )
+    s3_endpoint_url: str = _doc("Endpoint of any S3-compatible store (empty: AWS).", default="")
+    s3_region: str = _doc("S3 region.", default="us-east-1")
+    s3_multipart_threshold: int = _doc(
+        "Objects larger than this many bytes go to S3 by multipart upload.", default=16 * 1024 * 1024
+    )
+    max_pdu_size: int = _doc(
+        "Largest PDU we accept, in bytes (0: unlimited). Larger PDUs mean fewer "
+        "round trips per object.",
+        default=4 * 1024 * 1024,
+    )
+    max_associations: int = _doc("Concurrent DIMSE associations accepted.", default=32)
+    dimse_timeout: float = _doc("Seconds to wait for a DIMSE message.", default=60.0)
+    network_timeout: float = _doc("Seconds of network silence before an association is aborted.", default=120.0)
+    require_called_ae: bool = _doc("Refuse associations whose Called AE is not ours.", default=False)
+    duplicate_policy: str = _doc(
+        "A different object sent under a SOP Instance UID already held: `reject` "
+        "(refuse it, keep the first), `overwrite` (replace the stored one), "
+        "`keep` (answer success, keep the first). An identical re-send always succeeds.",
+        default="reject",
+    )
+    stable_seconds: float = _doc(
+        "Quiet period after the last instance of a series/study before SeriesStable/StudyStable.",
+        default=60.0,
+    )
+    stability_check_interval: float = _doc("How often the stability sweep runs, in seconds.", default=1.0)
+    orphan_grace_seconds: float = _doc(
+        "An object write older than this that never reached the index is an orphan and is removed.",
+        default=600.0,
+    )
+    shutdown_timeout: float = _doc(
+        "On SIGTERM, seconds to let in-flight associations and requests finish.", default=30.0
+    )
+    log_level: str = _doc("Log level. Patient identifiers are never logged at INFO or above.", default="INFO")
+
+    def __post_init__(self) -> None:
+        if self.duplicate_policy not in DUPLICATE_POLICIES:
+            raise ValueError(f"duplicate_policy must be one of {DUPLICATE_POLICIES}")
+        if len(self.ae_title) > 16 or not self.ae_title.strip():
+            raise ValueError("ae_title must be 1 to 16 characters")
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite in the data dir."""
+        if self.database_url:
+            url = self.database_url
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        """The storage URL, defaulting to a folder in the data dir."""
+        if self.storage_url:
+            return self.storage_url
+        return str((self.data_dir / "objects").resolve())
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(raw: Any, target: Any) -> Any:
+    kind = target if isinstance(target, type) else type(target)
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        return str(raw).strip().lower() in ("1", "true", "yes", "on")
+    if kind is Path:
+        return Path(raw)
+    return kind(raw)
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build :class:`Settings` from defaults, a TOML file, the environment and overrides.
+
+    The TOML file holds the same names as the fields (``ae_title = "PACS"``), at top
+    level or under a ``[pacs]`` table.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    if config_file:
+        data = tomllib.loads(Path(config_file).read_text())
+        data = data.get("pacs", data)
+        values.update(data)
+    defaults = Settings()
+    for f in fields(Settings):
+        name = f"PACS_{f.name.upper()}"
+        if name in env:
+            values[f.name] = env[name]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(values) - {f.name for f in fields(Settings)}
+    if unknown:
+        raise ValueError(f"unknown settings: {sorted(unknown)}")
+    typed = {k: _coerce(v, getattr(defaults, k)) for k, v in values.items()}
+    return Settings(**typed)
+
+
+def settings_reference() -> list[tuple[str, str, str]]:
+    """(environment variable, default, description) for every field: used by the docs."""
+    rows = []
+    for f in fields(Settings):
+        default = f.default if f.default is not dataclasses.MISSING else ""
+        rows.append((f"PACS_{f.name.upper()}", str(default), f.metadata.get("doc", "")))
+    return rows

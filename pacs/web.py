@@ -1,0 +1,79 @@
+"""The HTTP server's archive routes: ``/healthz``, ``/metrics``, ``/api/changes``.
+
+The DICOMweb routes (``dicomweb/``) are added to the same application by their own
+package. Blocking archive calls run in the default executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .archive import Archive
+from .errors import PacsError
+
+ARCHIVE = web.AppKey("archive", Archive)
+MAX_CHANGES = 1000
+
+
+async def _run(request: web.Request, fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Map domain errors to HTTP answers, in one place."""
+    try:
+        return await handler(request)
+    except PacsError as exc:
+        return web.json_response({"error": exc.reason}, status=exc.http_status)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 when the index and the blob store are reachable, else 503 with details."""
+    status = await _run(request, request.app[ARCHIVE].health)
+    healthy = all(v == "ok" for v in status.values())
+    return web.json_response({"status": "ok" if healthy else "unavailable", **status},
+                             status=200 if healthy else 503)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    body = generate_latest()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit():
+        raise web.HTTPBadRequest(text=f"{name} must be a non-negative integer")
+    value = int(raw)
+    if not low <= value <= high:
+        raise web.HTTPBadRequest(text=f"{name} must be between {low} and {high}")
+    return value
+
+
+async def changes(request: web.Request) -> web.Response:
+    """The change feed: events with id > ``since``, oldest first, at most ``limit``."""
+    since = _int_param(request, "since", 0, 0, 2**62)
+    limit = _int_param(request, "limit", 100, 1, MAX_CHANGES)
+    events = await _run(request, request.app[ARCHIVE].changes, since, limit)
+    last = events[-1].id if events else since
+    return web.json_response({"changes": [e.as_json() for e in events], "last": last,
+                              "done": len(events) < limit})
+
+
+def create_app(archive: Archive) -> web.Application:
+    """The aiohttp application with the archive routes."""
+    app = web.Application(middlewares=[error_middleware])
+    app[ARCHIVE] = archive
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/api/changes", changes)
+    return app

@@ -1,0 +1,1 @@
+"""Deterministic generator of realistic synthetic studies, and a small committed set."""

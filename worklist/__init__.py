@@ -1,0 +1,1 @@
+"""Modality worklist, MPPS, reading worklist and reports. Built in its own issue."""
