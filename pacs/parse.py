@@ -22,6 +22,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, 
 
 from .errors import InvalidInstance
 from .index.names import normalise_pn
+from .structure import check_structure, dataset_start
 from .uids import validate_uid
 
 PIXEL_DATA_TAG = 0x7FE00010
@@ -150,10 +151,25 @@ def parse_instance(fp: BinaryIO, size: int) -> ParsedInstance:
     except Exception as exc:
         raise InvalidInstance(f"cannot read attributes: {type(exc).__name__}") from exc
     parsed.patient, parsed.study, parsed.series, parsed.instance = values
+    if ts != DeflatedExplicitVRLittleEndian:
+        check_structure(
+            fp, dataset_start(fp, size), size,
+            explicit=ts != ImplicitVRLittleEndian, little=ts.is_little_endian is not False,
+        )
+    if parsed.instance.get("rows") and pixel_pos >= size and _is_image_class(parsed.sop_class_uid):
+        raise InvalidInstance("image without Pixel Data (truncated object?)")
     if ts != DeflatedExplicitVRLittleEndian and pixel_pos < size:
         _locate_pixel_data(fp, pixel_pos, size, ts, ds, parsed)
     parsed.dicom_json = _build_json(ds, parsed, track_offsets=ts != DeflatedExplicitVRLittleEndian)
     return parsed
+
+
+def _is_image_class(sop_class_uid: str) -> bool:
+    """Storage SOP classes whose IOD requires Pixel Data (image storage, PS3.4 B.5)."""
+    from pynetdicom.sop_class import uid_to_sop_class
+
+    name = getattr(uid_to_sop_class(sop_class_uid), "__name__", "")
+    return name.endswith("ImageStorage") and "Presentation" not in name
 
 
 def _element_header(fp: BinaryIO, ts: UID) -> tuple[int, int, bool]:
@@ -205,6 +221,8 @@ def _native_frames(ds: Dataset, offset: int, length: int, frames: int) -> list |
     if not (rows and cols and bits) or (rows * cols * spp * bits) % 8:
         return None
     frame_len = rows * cols * spp * bits // 8
+    if ds.get("PhotometricInterpretation") == "YBR_FULL_422":
+        frame_len = frame_len * 2 // 3  # two samples per pixel after 4:2:2 subsampling (PS3.3 C.7.6.3.1.2)
     if frame_len * frames > length:
         raise InvalidInstance("Pixel Data shorter than Rows x Columns x frames")
     return [[[offset + i * frame_len, frame_len]] for i in range(frames)]

@@ -60,6 +60,26 @@ class PacsAssociationServer(ThreadedAssociationServer):
         return client, address
 
 
+def preferred_transfer_syntaxes() -> list[str]:
+    """Every transfer syntax pynetdicom knows, in the order we accept them.
+
+    pynetdicom accepts, per presentation context, the first of *our* syntaxes that the
+    requestor proposed. Explicit VR Little Endian comes first (no information lost, no
+    transcoding by the sender), then the encapsulated syntaxes so a compressed object is
+    kept as the modality holds it, then Deflate, Implicit VR and Big Endian.
+    """
+    from pydicom.uid import (
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+    )
+
+    tail = [DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+    middle = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in tail and ts != ExplicitVRLittleEndian]
+    return [ExplicitVRLittleEndian, *middle, *[ts for ts in tail if ts in ALL_TRANSFER_SYNTAXES]]
+
+
 def build_ae(archive: Archive) -> AE:
     """An AE with our AE title, limits and presentation contexts."""
     settings = archive.settings
@@ -70,9 +90,10 @@ def build_ae(archive: Archive) -> AE:
     ae.network_timeout = settings.network_timeout
     ae.acse_timeout = 30
     ae.require_called_aet = settings.require_called_ae
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    syntaxes = preferred_transfer_syntaxes()
+    ae.add_supported_context(Verification, syntaxes)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(context.abstract_syntax, syntaxes)
     return ae
 
 

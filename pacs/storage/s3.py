@@ -168,13 +168,16 @@ class S3Store:
     ) -> None:
         """``client`` replaces the built one (then the connection options are ignored).
 
-        ``connect_timeout``, ``read_timeout`` (seconds) and ``max_attempts`` (total tries,
-        botocore "standard" retry mode) bound how long an outage takes to surface.
+        ``connect_timeout``, ``read_timeout`` (seconds) and ``max_attempts`` bound how long
+        an outage takes to surface. ``max_attempts`` is botocore's ``retries`` setting in
+        "standard" mode: the number of *retries* after the first try (0 = a single try).
         """
         if not bucket or "/" in bucket:
             raise ValueError("S3 bucket name is empty or contains '/'")
         if multipart_threshold <= 0:
             raise ValueError("multipart_threshold must be positive")
+        if max_attempts < 0:
+            raise ValueError("max_attempts must not be negative")
         prefix = prefix.strip("/")
         if prefix:
             check_key(prefix)

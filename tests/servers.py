@@ -1,0 +1,132 @@
+"""Run the real server for tests: in a thread (same process) or as a `pacs serve` subprocess.
+
+Readiness is polled (the start coroutine finishing, or /healthz answering), never slept on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from aiohttp import web
+
+from pacs.archive import Archive
+from pacs.server import DIMSE, build_application
+from pacs.settings import Settings
+
+
+class ThreadedServer:
+    """The full application (HTTP + DIMSE) on ephemeral ports, in a background thread."""
+
+    def __init__(self, settings: Settings, archive: Archive | None = None) -> None:
+        self.settings = settings
+        self.archive = archive
+        self.http_port = 0
+        self.dimse_port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._start())
+        except BaseException as exc:  # surface start-up failures to the test
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _start(self) -> None:
+        archive = self.archive or Archive(self.settings)
+        self.archive = archive
+        app = build_application(archive, dimse_port=0)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.host, 0)
+        await site.start()
+        self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.dimse_port = app[DIMSE].port
+
+    def start(self) -> "ThreadedServer":
+        self._thread.start()
+        self._ready.wait(60)
+        if self._error:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.host}:{self.http_port}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ProcessServer:
+    """``pacs serve`` in a subprocess (for crash and signal tests)."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.http_port = free_port()
+        self.dimse_port = free_port()
+        self.env = {**os.environ, **env, "PACS_HTTP_PORT": str(self.http_port),
+                    "PACS_DIMSE_PORT": str(self.dimse_port), "PACS_HOST": "127.0.0.1"}
+        self.cwd = cwd
+        self.proc: subprocess.Popen | None = None
+        self.log_path = cwd / f"server-{self.http_port}.log"
+
+    def start(self, timeout: float = 60) -> "ProcessServer":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pacs.cli", "serve"], env=self.env, cwd=self.cwd,
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1) as r:
+                    if r.status == 200 and self._dimse_ready():
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)  # polling interval while waiting for readiness
+        raise TimeoutError("server did not become ready")
+
+    def _dimse_ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.dimse_port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)

@@ -1,0 +1,225 @@
+"""The one ingest path, at the archive-service level, on SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.encaps import generate_frames
+from sqlalchemy import func, insert, select
+
+from pacs.archive import Archive
+from pacs.errors import Conflict, DuplicateConflict, InvalidInstance
+from pacs.index.models import Event, Instance, PendingWrite, Series, Study
+
+from .factory import make_ct, to_bytes
+
+
+def _instance(archive: Archive, sop: str):
+    with archive.db.read() as conn:
+        return conn.execute(select(Instance).where(Instance.sop_instance_uid == sop)).one()
+
+
+def _study(archive: Archive, uid: str):
+    with archive.db.read() as conn:
+        return conn.execute(select(Study).where(Study.study_uid == uid)).one()
+
+
+def _read_blob(archive: Archive, key: str) -> bytes:
+    with archive.store.open(key) as fp:
+        return fp.read()
+
+
+def test_stored_bytes_equal_bytes_in(archive: Archive) -> None:
+    data = to_bytes(make_ct())
+    result = archive.ingest_bytes(data, source="test")
+    assert result.status == "stored"
+    row = _instance(archive, result.sop_instance_uid)
+    assert _read_blob(archive, row.blob_key) == data
+    assert row.size == len(data)
+
+
+def test_identical_resend_is_success_and_duplicates_nothing(archive: Archive) -> None:
+    data = to_bytes(make_ct())
+    first = archive.ingest_bytes(data, source="test")
+    again = archive.ingest_bytes(data, source="test")
+    assert (first.status, again.status) == ("stored", "duplicate")
+    study = _study(archive, first.study_uid)
+    assert (study.num_instances, study.num_series) == (1, 1)
+    with archive.db.read() as conn:
+        assert conn.execute(select(func.count(Event.id))).scalar() == 1
+
+
+def test_different_object_same_sop_rejected_by_default(archive: Archive) -> None:
+    ds = make_ct(seed=1)
+    archive.ingest_bytes(to_bytes(ds), source="test")
+    other = make_ct(study=ds.StudyInstanceUID, series=ds.SeriesInstanceUID, sop=ds.SOPInstanceUID, seed=2)
+    with pytest.raises(DuplicateConflict):
+        archive.ingest_bytes(to_bytes(other), source="test")
+    row = _instance(archive, ds.SOPInstanceUID)
+    assert _read_blob(archive, row.blob_key) == to_bytes(ds)
+    assert not list(Path(archive.incoming_dir).glob("*.dcm"))
+
+
+def test_overwrite_policy_replaces_object(settings, tmp_path) -> None:
+    archive = Archive(settings.replace(duplicate_policy="overwrite"))
+    ds = make_ct(seed=1)
+    first = archive.ingest_bytes(to_bytes(ds), source="test")
+    old_key = _instance(archive, ds.SOPInstanceUID).blob_key
+    other = make_ct(study=ds.StudyInstanceUID, series=ds.SeriesInstanceUID, sop=ds.SOPInstanceUID, seed=2)
+    result = archive.ingest_bytes(to_bytes(other), source="test")
+    assert (first.status, result.status) == ("stored", "replaced")
+    row = _instance(archive, ds.SOPInstanceUID)
+    assert _read_blob(archive, row.blob_key) == to_bytes(other)
+    assert not archive.store.exists(old_key)
+    assert _study(archive, ds.StudyInstanceUID).num_instances == 1
+    archive.close()
+
+
+def test_keep_policy_keeps_first(settings) -> None:
+    archive = Archive(settings.replace(duplicate_policy="keep"))
+    ds = make_ct(seed=1)
+    archive.ingest_bytes(to_bytes(ds), source="test")
+    other = make_ct(study=ds.StudyInstanceUID, series=ds.SeriesInstanceUID, sop=ds.SOPInstanceUID, seed=2)
+    assert archive.ingest_bytes(to_bytes(other), source="test").status == "kept"
+    assert _read_blob(archive, _instance(archive, ds.SOPInstanceUID).blob_key) == to_bytes(ds)
+    archive.close()
+
+
+def test_study_under_another_patient_refused(archive: Archive) -> None:
+    ds = make_ct(patient_id="A")
+    archive.ingest_bytes(to_bytes(ds), source="test")
+    intruder = make_ct(study=ds.StudyInstanceUID, patient_id="B")
+    with pytest.raises(Conflict, match="another patient"):
+        archive.ingest_bytes(to_bytes(intruder), source="test")
+    with archive.db.read() as conn:
+        assert conn.execute(select(func.count(Instance.id))).scalar() == 1
+        assert conn.execute(select(func.count(PendingWrite.id))).scalar() == 0
+
+
+@pytest.mark.parametrize(
+    "attr, value, reason",
+    [
+        ("StudyInstanceUID", None, "StudyInstanceUID missing"),
+        ("SeriesInstanceUID", None, "SeriesInstanceUID missing"),
+        ("SOPInstanceUID", None, "SOPInstanceUID missing"),
+        ("StudyInstanceUID", "../../x", "not a valid UID"),
+        ("SeriesInstanceUID", "1.2.3/../4", "not a valid UID"),
+        ("SOPInstanceUID", "1." * 40 + "1", "not a valid UID"),
+    ],
+)
+def test_bad_uids_refused_nothing_stored(archive: Archive, attr: str, value, reason: str) -> None:
+    ds = make_ct()
+    if value is None:
+        delattr(ds, attr)
+    else:
+        setattr(ds, attr, value)
+        if attr == "SOPInstanceUID":
+            ds.file_meta.MediaStorageSOPInstanceUID = value
+    with pytest.raises(InvalidInstance, match=reason):
+        archive.ingest_bytes(to_bytes(ds), source="test")
+    _assert_nothing_stored(archive)
+
+
+def _assert_nothing_stored(archive: Archive) -> None:
+    with archive.db.read() as conn:
+        assert conn.execute(select(func.count(Instance.id))).scalar() == 0
+        assert conn.execute(select(func.count(Study.id))).scalar() == 0
+        assert conn.execute(select(func.count(Event.id))).scalar() == 0
+    objects = Path(archive.settings.resolved_storage_url)
+    assert not [p for p in objects.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("cut", [100, 140, 400, -100])
+def test_truncated_object_refused(archive: Archive, cut: int) -> None:
+    data = to_bytes(make_ct(rows=32, columns=32))
+    with pytest.raises(InvalidInstance):
+        archive.ingest_bytes(data[:cut], source="test")
+    _assert_nothing_stored(archive)
+
+
+def test_not_dicom_refused(archive: Archive) -> None:
+    with pytest.raises(InvalidInstance, match="not a DICOM"):
+        archive.ingest_bytes(b"hello world" * 50, source="test")
+    _assert_nothing_stored(archive)
+
+
+def test_aggregates_exact(archive: Archive) -> None:
+    study = "1.2.826.0.1.3680043.10.1234.7"
+    series = ["1.2.826.0.1.3680043.10.1234.7.1", "1.2.826.0.1.3680043.10.1234.7.2"]
+    for i in range(5):
+        ds = make_ct(study=study, series=series[i % 2], seed=i)
+        if i % 2:
+            ds.Modality = "PT"
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.128"
+        archive.ingest_bytes(to_bytes(ds), source="test")
+    row = _study(archive, study)
+    assert (row.num_series, row.num_instances) == (2, 5)
+    assert row.modalities == "CT\\PT"
+    assert row.sop_classes == "1.2.840.10008.5.1.4.1.1.128\\1.2.840.10008.5.1.4.1.1.2"
+    with archive.db.read() as conn:
+        counts = dict(conn.execute(select(Series.series_uid, Series.num_instances)).all())
+    assert counts == {series[0]: 3, series[1]: 2}
+
+
+def test_events_in_order(archive: Archive) -> None:
+    sops = [archive.ingest_bytes(to_bytes(make_ct(seed=i)), source="test").sop_instance_uid for i in range(3)]
+    changes = archive.changes(0, 10)
+    assert [c.id for c in changes] == [1, 2, 3]
+    assert [c.sop_instance_uid for c in changes] == sops
+    assert all(c.type == "InstanceStored" for c in changes)
+    assert [c.id for c in archive.changes(2, 10)] == [3]
+
+
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "MR_small_jp2klossless.dcm", "SC_rgb_rle_2frame.dcm", "JPEG2000.dcm"]
+)
+def test_frame_ranges_match_pydicom(archive: Archive, name: str) -> None:
+    path = get_testdata_file(name)
+    result = archive.ingest_file(path, source="test")
+    row = _instance(archive, result.sop_instance_uid)
+    data = Path(path).read_bytes()
+    ds = dcmread(path)
+    frames = json.loads(row.frame_ranges)
+    got = [b"".join(data[o:o + n] for o, n in frame) for frame in frames]
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        expected = list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1))))
+        # fragments may carry a trailing pad byte; pydicom keeps it as well
+        assert got == expected
+    else:
+        assert got == [ds.PixelData]
+
+
+def test_dicom_json_has_bulk_uri_and_names(archive: Archive) -> None:
+    result = archive.ingest_file(get_testdata_file("CT_small.dcm"), source="test")
+    body = json.loads(_instance(archive, result.sop_instance_uid).dicom_json)
+    assert body["7FE00010"] == {"vr": "OW", "BulkDataURI": "bulk:pixeldata"}
+    assert body["00100010"]["Value"] == [{"Alphabetic": "CompressedSamples^CT1"}]
+    assert body["0020000D"]["Value"] == [result.study_uid]
+
+
+def test_orphan_from_crash_is_swept(archive: Archive) -> None:
+    # The state a crash leaves between the object write and the index commit.
+    key = "studies/1.2.3/series/1.2.3.4/1.2.3.4.5.00aa.dcm"
+    archive.store.put_bytes(key, b"orphan")
+    with archive.db.write() as conn:
+        conn.execute(insert(PendingWrite).values(blob_key=key, created_at=time.time() - 10))
+    assert archive.sweep_orphans(grace_seconds=60) == 0
+    assert archive.store.exists(key)
+    assert archive.sweep_orphans(grace_seconds=5) == 1
+    assert not archive.store.exists(key)
+    with archive.db.read() as conn:
+        assert conn.execute(select(func.count(PendingWrite.id))).scalar() == 0
+
+
+def test_sweep_keeps_indexed_object(archive: Archive) -> None:
+    result = archive.ingest_bytes(to_bytes(make_ct()), source="test")
+    key = _instance(archive, result.sop_instance_uid).blob_key
+    with archive.db.write() as conn:
+        conn.execute(insert(PendingWrite).values(blob_key=key, created_at=time.time() - 100))
+    assert archive.sweep_orphans(grace_seconds=5) == 0
+    assert archive.store.exists(key)
