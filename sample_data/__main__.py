@@ -34,7 +34,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sample_data", description=__doc__)
     parser.add_argument("out_dir", type=Path, help="directory to write <SOPInstanceUID>.dcm files to")
     parser.add_argument("--seed", type=int, default=0, help="seed for UIDs, dates and pixels (default 0)")
-    parser.add_argument("--set", dest="kind", nargs="+", default=["demo"], metavar="KIND [N]",
+    parser.add_argument("--set", dest="kind", nargs="+", default=["demo"], metavar="KIND",
                         help="demo (default), small, 'ct N' or 'tiny N'")
     args = parser.parse_args(argv)
     kind, rest = args.kind[0], args.kind[1:]

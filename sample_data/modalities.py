@@ -56,9 +56,16 @@ def ct_instance(
     ds.PixelSpacing = [round(spacing, 6), round(spacing, 6)]
     ds.SliceThickness = round(thickness, 4)
     ds.SliceLocation = round(z, 4)
+    ds.ReconstructionDiameter = round(spacing * columns, 3)
+    _ct_acquisition(ds, z)
+    _ct_pixels(ds, pixels)
+    return ds
+
+
+def _ct_acquisition(ds: Dataset, z: float) -> None:
+    """CT Image module acquisition attributes (PS3.3 C.8.2.1, C.8.15.3.8) of a helical scan."""
     ds.KVP = 120
     ds.DataCollectionDiameter = 500
-    ds.ReconstructionDiameter = round(spacing * columns, 3)
     ds.DistanceSourceToDetector = 1040
     ds.DistanceSourceToPatient = 570
     ds.GantryDetectorTilt = 0
@@ -78,8 +85,6 @@ def ct_instance(
     ds.SingleCollimationWidth = 0.625
     ds.TotalCollimationWidth = 40.0
     ds.CTDIvol = round(tube_current * 0.055, 2)
-    _ct_pixels(ds, pixels)
-    return ds
 
 
 def _ct_pixels(ds: Dataset, pixels: np.ndarray) -> None:
@@ -108,6 +113,21 @@ def mr_instance(
     rows, columns = pixels.shape
     content = shift_time(series.start.date(), series.start.time(), 95.0 + 4.2 * index)
     ds = new_instance(series, MRImageStorage, sop_uid, index + 1, content)
+    _mr_acquisition(ds, columns, thickness + gap)
+    ds.PatientPosition = "HFS"
+    ds.ImagePositionPatient = _origin(rows, columns, spacing, z)
+    ds.ImageOrientationPatient = IDENTITY_ORIENTATION
+    ds.PixelSpacing = [round(spacing, 6), round(spacing, 6)]
+    ds.SliceThickness = round(thickness, 4)
+    ds.SliceLocation = round(z, 4)
+    set_pixel_data(ds, pixels, "MONOCHROME2", 12)
+    ds.WindowCenter = 520
+    ds.WindowWidth = 1000
+    return ds
+
+
+def _mr_acquisition(ds: Dataset, columns: int, slice_step: float) -> None:
+    """MR Image module acquisition attributes (PS3.3 C.8.3.1) of a 3 T T1 spin echo."""
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
     ds.ScanningSequence = "SE"
     ds.SequenceVariant = ["SK", "SP"]
@@ -123,7 +143,7 @@ def mr_instance(
     ds.ImagedNucleus = "1H"
     ds.EchoNumbers = 1
     ds.MagneticFieldStrength = 3.0
-    ds.SpacingBetweenSlices = round(thickness + gap, 4)
+    ds.SpacingBetweenSlices = round(slice_step, 4)
     ds.NumberOfPhaseEncodingSteps = int(columns * 0.8)
     ds.PercentSampling = 100.0
     ds.PercentPhaseFieldOfView = 100.0
@@ -134,16 +154,6 @@ def mr_instance(
     ds.InPlanePhaseEncodingDirection = "ROW"
     ds.FlipAngle = 90.0
     ds.SAR = 0.82
-    ds.PatientPosition = "HFS"
-    ds.ImagePositionPatient = _origin(rows, columns, spacing, z)
-    ds.ImageOrientationPatient = IDENTITY_ORIENTATION
-    ds.PixelSpacing = [round(spacing, 6), round(spacing, 6)]
-    ds.SliceThickness = round(thickness, 4)
-    ds.SliceLocation = round(z, 4)
-    set_pixel_data(ds, pixels, "MONOCHROME2", 12)
-    ds.WindowCenter = 520
-    ds.WindowWidth = 1000
-    return ds
 
 
 def cr_instance(series: SeriesInfo, sop_uid: str, pixels: np.ndarray, pixel_spacing: float) -> Dataset:

@@ -69,3 +69,13 @@ def dataset_part(part10: bytes) -> bytes:
     # (0002,0000) File Meta Information Group Length, UL, explicit VR LE
     group_length = struct.unpack("<L", part10[140:144])[0]
     return part10[144 + group_length:]
+
+
+_counter = iter(range(1, 10**9))
+
+
+def short_uid() -> str:
+    """A unique UID short enough to take suffixes like ``.12``."""
+    import os
+
+    return f"{ROOT}{os.getpid()}.{next(_counter)}"

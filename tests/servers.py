@@ -89,7 +89,9 @@ class ProcessServer:
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
         self.http_port = free_port()
         self.dimse_port = free_port()
-        self.env = {**os.environ, **env, "PACS_HTTP_PORT": str(self.http_port),
+        repo = str(Path(__file__).resolve().parent.parent)
+        pythonpath = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+        self.env = {**os.environ, **env, "PYTHONPATH": pythonpath, "PACS_HTTP_PORT": str(self.http_port),
                     "PACS_DIMSE_PORT": str(self.dimse_port), "PACS_HOST": "127.0.0.1"}
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None
@@ -115,11 +117,19 @@ class ProcessServer:
         raise TimeoutError("server did not become ready")
 
     def _dimse_ready(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.dimse_port), timeout=1):
-                return True
-        except OSError:
+        """A C-ECHO succeeds (a bare TCP probe would leave an acceptor waiting)."""
+        from pynetdicom import AE
+        from pynetdicom.sop_class import Verification
+
+        ae = AE(ae_title="PROBE")
+        ae.add_requested_context(Verification)
+        ae.acse_timeout = ae.network_timeout = 5
+        assoc = ae.associate("127.0.0.1", self.dimse_port)
+        if not assoc.is_established:
             return False
+        ok = assoc.send_c_echo().get("Status") == 0
+        assoc.release()
+        return ok
 
     def kill(self) -> None:
         assert self.proc is not None

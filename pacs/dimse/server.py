@@ -140,7 +140,9 @@ class DimseServer:
         return int(self.server.server_address[1])
 
     def active_associations(self) -> int:
-        return len(self.ae.active_associations)
+        """Established associations (a bare TCP connection that never sent an
+        A-ASSOCIATE-RQ, such as a load balancer's probe, does not count)."""
+        return sum(1 for assoc in self.ae.active_associations if assoc.is_established)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, let in-flight associations finish for ``timeout`` s, then abort."""
@@ -148,9 +150,9 @@ class DimseServer:
             return
         self.server.shutdown()
         deadline = time.monotonic() + timeout
-        while self.ae.active_associations and time.monotonic() < deadline:
+        while self.active_associations() and time.monotonic() < deadline:
             time.sleep(0.05)
-        if self.ae.active_associations:
-            log.warning("aborting %d associations still open at shutdown", len(self.ae.active_associations))
+        if self.active_associations():
+            log.warning("aborting %d associations still open at shutdown", self.active_associations())
         self.ae.shutdown()
         self.server = None

@@ -1,0 +1,226 @@
+"""Servers under test for ``bench/ingest.py``: ``pacs serve`` or the bare pynetdicom baseline.
+
+Each run starts its own server subprocess on free loopback ports, waits for readiness by
+polling (``/healthz`` for pacs, the TCP port for the baseline; never a fixed sleep),
+reads its peak RSS and CPU time from ``/proc``, and stops it with SIGTERM. Only the
+process started here is ever signalled, by its pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+POLL_INTERVAL = 0.05  # seconds between readiness probes
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PG_BASE_URL = "postgresql://127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    """True when something accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def http_get_json(url: str, timeout: float = 30) -> tuple[int, dict]:
+    """GET ``url``; return (status, parsed JSON body or {})."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc/<pid>/stat."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2:].split()  # skip "pid (comm) "; fields[0] is field 3
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / CLOCK_TICKS
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    """A ``kB`` value such as ``VmHWM`` (peak RSS) from /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+@dataclass
+class ServerProcess:
+    """A server subprocess under test (``kind`` is ``pacs`` or ``baseline``)."""
+
+    kind: str
+    run_dir: Path
+    env_extra: dict[str, str] = field(default_factory=dict)
+    ae_title: str = "PACS"
+    dimse_port: int = 0
+    http_port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def log_path(self) -> Path:
+        """Where the server's stdout and stderr go."""
+        return self.run_dir / "server.log"
+
+    @property
+    def out_dir(self) -> Path:
+        """The server's data folder (pacs) or output folder (baseline)."""
+        return self.run_dir / "data"
+
+    def _command_and_env(self) -> tuple[list[str], dict[str, str]]:
+        """The command line and the environment of the server."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+        if self.kind == "baseline":
+            cmd = [sys.executable, str(BENCH_DIR / "baseline_scp.py"), "--port", str(self.dimse_port),
+                   "--out", str(self.out_dir), "--ae-title", self.ae_title]
+            return cmd, {**env, **self.env_extra}
+        env.update({"PACS_DATA_DIR": str(self.out_dir), "PACS_HOST": "127.0.0.1",
+                    "PACS_DIMSE_PORT": str(self.dimse_port), "PACS_HTTP_PORT": str(self.http_port),
+                    "PACS_AE_TITLE": self.ae_title})
+        env.update(self.env_extra)
+        return [sys.executable, "-m", "pacs.cli", "serve"], env
+
+    def start(self, timeout: float = 120.0) -> "ServerProcess":
+        """Start the server and return once it is ready; raise with the log tail otherwise."""
+        self.dimse_port, self.http_port = free_port(), free_port()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        cmd, env = self._command_and_env()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if self.ready():
+                return self
+            time.sleep(POLL_INTERVAL)
+        raise TimeoutError(f"{self.kind} server not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def ready(self) -> bool:
+        """One readiness probe: /healthz 200 and the DIMSE port open (pacs), the port (baseline)."""
+        if self.kind == "pacs":
+            try:
+                status, _ = http_get_json(f"http://127.0.0.1:{self.http_port}/healthz", timeout=2)
+            except OSError:
+                return False
+            if status != 200:
+                return False
+        return port_open(self.dimse_port)
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the server has used so far."""
+        return proc_cpu_seconds(self.pid)
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident set size (VmHWM) so far, in MB (10^6 bytes)."""
+        return proc_status_kb(self.pid, "VmHWM") * 1024 / 1e6
+
+    def stop(self, timeout: float = 90.0) -> int | None:
+        """SIGTERM the server and wait; SIGKILL it (by pid) only if it does not exit in time."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            print(f"{self.kind} server ignored SIGTERM for {timeout:.0f} s; killing pid {self.pid}",
+                  file=sys.stderr)
+            self.proc.kill()
+            return self.proc.wait(30)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the server log."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no server log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stored_count(self) -> int:
+        """How many instances the server stored during this run."""
+        if self.kind == "baseline":
+            return sum(1 for p in self.out_dir.iterdir() if p.suffix == ".dcm")
+        return count_instance_stored(self.http_port)
+
+
+def count_instance_stored(http_port: int, page: int = 1000) -> int:
+    """Count ``InstanceStored`` events in the pacs change feed, paging via ``last``/``done``."""
+    since, total = 0, 0
+    while True:
+        url = f"http://127.0.0.1:{http_port}/api/changes?since={since}&limit={page}"
+        status, body = http_get_json(url)
+        if status != 200:
+            raise RuntimeError(f"GET {url} answered {status}")
+        total += sum(1 for e in body["changes"] if e.get("type") == "InstanceStored")
+        if body.get("done") or not body["changes"]:
+            return total
+        since = body["last"]
+
+
+@contextlib.contextmanager
+def postgres_schema(base_url: str = PG_BASE_URL) -> Iterator[str]:
+    """A fresh PostgreSQL schema for one run; yield the database URL using it, then drop it."""
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{base_url}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(base_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def find_dcmtk_storescu() -> str:
+    """The path of dcmtk's ``storescu``.
+
+    pynetdicom installs a Python ``storescu`` console script that may come first on PATH
+    (pyenv shims); it takes different options, so dcmtk's binary is looked for
+    explicitly and recognised by its ``--version`` banner.
+    """
+    candidates = [os.environ.get("DCMTK_STORESCU", ""), "/usr/bin/storescu", "/usr/local/bin/storescu"]
+    candidates += [str(Path(d) / "storescu") for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    for path in filter(None, candidates):
+        if not os.access(path, os.X_OK):
+            continue
+        try:
+            out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if "dcmtk" in (out.stdout + out.stderr).lower():
+            return path
+    raise FileNotFoundError("dcmtk storescu not found (apt-get install dcmtk, or set DCMTK_STORESCU)")

@@ -1,0 +1,97 @@
+"""SeriesStable / StudyStable after the quiet period, emitted once across processes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pacs.archive import Archive
+
+from .factory import make_ct, short_uid, to_bytes
+
+
+def _store_study(archive: Archive, series_count: int = 2) -> str:
+    study = short_uid()
+    for s in range(series_count):
+        series = f"{study}.{s + 1}"
+        for i in range(2):
+            archive.ingest_bytes(to_bytes(make_ct(study=study, series=series, seed=s * 10 + i)), source="test")
+    return study
+
+
+def test_stable_events_after_quiet_period(archive: Archive) -> None:
+    study = _store_study(archive)
+    assert archive.sweep_stable(now=time.time()) == 0  # not quiet yet (60 s)
+    emitted = archive.sweep_stable(now=time.time() + 61)
+    assert emitted == 3
+    changes = [c for c in archive.changes(0, 100) if c.type != "InstanceStored"]
+    assert [c.type for c in changes] == ["SeriesStable", "SeriesStable", "StudyStable"]
+    assert changes[-1].study_uid == study
+    assert changes[-1].payload == {"series": 2, "instances": 4, "modalities": ["CT"]}
+    assert archive.sweep_stable(now=time.time() + 120) == 0  # once only
+
+
+def test_new_instance_makes_study_unstable_again(archive: Archive) -> None:
+    study = _store_study(archive, 1)
+    archive.sweep_stable(now=time.time() + 61)
+    archive.ingest_bytes(to_bytes(make_ct(study=study, series=f"{study}.1", seed=99)), source="test")
+    assert archive.sweep_stable(now=time.time() + 61) == 2
+    stable = [c for c in archive.changes(0, 100) if c.type == "StudyStable"]
+    assert [c.payload["instances"] for c in stable] == [2, 3]
+
+
+def test_several_processes_emit_each_event_once(settings) -> None:
+    """Four archive instances on one database (as four server processes) sweep at once."""
+    archives = [Archive(settings) for _ in range(4)]
+    for i in range(5):
+        _store_study(archives[i % 4], 2)
+    later = time.time() + 61
+    barrier = threading.Barrier(4)
+    counts = [0] * 4
+
+    def sweep(index: int) -> None:
+        barrier.wait()
+        counts[index] = archives[index].sweep_stable(now=later)
+
+    threads = [threading.Thread(target=sweep, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(counts) == 15  # 10 series + 5 studies
+    events = [c for c in archives[0].changes(0, 1000) if c.type.endswith("Stable")]
+    assert len(events) == 15
+    assert len({(c.type, c.series_uid, c.study_uid) for c in events}) == 15
+    for arc in archives:
+        arc.close()
+
+
+def test_concurrent_ingest_keeps_feed_ordered_and_counts_exact(settings) -> None:
+    archive = Archive(settings)
+    study = short_uid()
+    errors = []
+
+    def worker(w: int) -> None:
+        try:
+            for i in range(10):
+                ds = make_ct(study=study, series=f"{study}.{w}", seed=w * 100 + i)
+                archive.ingest_bytes(to_bytes(ds), source="test")
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    changes = archive.changes(0, 1000)
+    assert [c.id for c in changes] == list(range(1, 41))
+    from sqlalchemy import select
+
+    from pacs.index.models import Study
+
+    with archive.db.read() as conn:
+        row = conn.execute(select(Study.num_series, Study.num_instances).where(Study.study_uid == study)).one()
+    assert tuple(row) == (4, 40)
+    archive.close()
