@@ -181,8 +181,10 @@ def run_once(args: argparse.Namespace, data: DataSet, associations: int, storesc
         except Exception as exc:  # report the failure as a result line, with the log tail
             record["error"] = f"{type(exc).__name__}: {exc}"
         finally:
+            stop_started = time.monotonic()
             exit_code = server.stop()
-    record["server_exit_code"] = exit_code
+            stop_seconds = time.monotonic() - stop_started
+    record.update(server_exit_code=exit_code, server_stop_s=round(stop_seconds, 2))
     if not record["ok"]:
         print(f"run failed: {record['error']}\nserver log tail ({server.log_path}):\n{server.log_tail()}",
               file=sys.stderr)

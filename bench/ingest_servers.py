@@ -124,14 +124,17 @@ class ServerProcess:
         raise TimeoutError(f"{self.kind} server not ready after {timeout:.0f} s:\n{self.log_tail()}")
 
     def ready(self) -> bool:
-        """One readiness probe: /healthz 200 and the DIMSE port open (pacs), the port (baseline)."""
+        """One readiness probe: /healthz answering 200 (pacs), the DIMSE port accepting (baseline).
+
+        pacs starts its DIMSE listener before HTTP serves, so /healthz 200 implies DIMSE is
+        up; its port is not probed, as a bare connect would leave a half-open association.
+        """
         if self.kind == "pacs":
             try:
                 status, _ = http_get_json(f"http://127.0.0.1:{self.http_port}/healthz", timeout=2)
             except OSError:
                 return False
-            if status != 200:
-                return False
+            return status == 200
         return port_open(self.dimse_port)
 
     @property

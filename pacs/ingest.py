@@ -221,8 +221,11 @@ def _write_rows(conn, archive: Archive, parsed: ParsedInstance, row: dict) -> st
     study_pk = upsert_study(conn, parsed.study_uid, patient_pk, parsed.study)
     series_pk, new_series = upsert_series(conn, parsed.series_uid, study_pk, parsed.series)
     old = conn.execute(
-        select(Instance.id, Instance.series_fk).where(Instance.sop_instance_uid == parsed.sop_instance_uid)
+        select(Instance.id, Instance.series_fk, Instance.sha256)
+        .where(Instance.sop_instance_uid == parsed.sop_instance_uid)
     ).first()
+    if old is not None and old.sha256 == row["sha256"]:
+        return "duplicate"  # an identical copy committed meanwhile
     if old is not None:
         if archive.settings.duplicate_policy != "overwrite" or old.series_fk != series_pk:
             raise DuplicateConflict("SOP Instance UID already stored with other content")

@@ -120,7 +120,7 @@ def read_header(fp: BinaryIO) -> Dataset:
     try:
         ds = dcmread(fp, stop_before_pixels=True)
     except (InvalidDicomError, EOFError) as exc:
-        raise InvalidInstance(f"not a DICOM Part 10 object: {exc}"[:120]) from exc
+        raise InvalidInstance("not a DICOM Part 10 object (no preamble, DICM prefix or File Meta)") from exc
     except Exception as exc:  # pydicom raises many types on corrupt input
         raise InvalidInstance(f"cannot parse dataset: {type(exc).__name__}") from exc
     if "TransferSyntaxUID" not in ds.file_meta:

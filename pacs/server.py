@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .archive import Archive
 from .dimse.server import DimseServer
+from .errors import PacsError
 from .settings import Settings
 from .web import create_app
 
@@ -49,7 +50,10 @@ def build_application(archive: Archive, *, dimse_port: int | None = None, reuse_
     app = create_app(archive)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        await asyncio.to_thread(archive.sweep_orphans)
+        try:
+            await asyncio.to_thread(archive.sweep_orphans)
+        except PacsError as exc:  # come up anyway: /healthz and 0xA700 tell the story
+            log.warning("orphan sweep at start failed: %s", exc.reason)
         dimse = DimseServer(archive, reuse_port=reuse_port)
         await asyncio.to_thread(dimse.start, None, dimse_port)
         app[DIMSE] = dimse

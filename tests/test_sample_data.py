@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -176,7 +177,18 @@ def test_committed_files_match_regeneration(tmp_path: Path) -> None:
     committed = {p.name: p.read_bytes() for p in FILES_DIR.glob("*.dcm")}
     assert sorted(fresh) == sorted(committed)
     for name, data in committed.items():
-        assert fresh[name] == data, f"{name} differs; run: python -m sample_data sample_data/files --set small"
+        if fresh[name] == data:
+            continue
+        # Encoders (openjpeg, CharLS, zlib) may legitimately produce other bytes in
+        # another release; then the header and the decoded pixels must still match.
+        new, old = dcmread(BytesIO(fresh[name])), dcmread(BytesIO(data))
+        syntax = old.file_meta.TransferSyntaxUID
+        assert syntax.is_compressed or syntax.is_deflated, (
+            f"{name} differs; run: python -m sample_data sample_data/files --set small"
+        )
+        np.testing.assert_array_equal(new.pixel_array, old.pixel_array)
+        del new.PixelData, old.PixelData
+        assert new == old, name
 
 
 # --- codecs ----------------------------------------------------------------------------
