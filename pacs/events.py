@@ -56,6 +56,13 @@ class ChangeEvent:
         }
 
 
+_NEXT_EVENT_ID = (
+    update(EventCounter).where(EventCounter.id == 1)
+    .values(last_id=EventCounter.last_id + 1).returning(EventCounter.last_id)
+)
+_INSERT_EVENT = insert(Event)
+
+
 def append_event(
     conn: Connection,
     type_: EventType,
@@ -66,22 +73,15 @@ def append_event(
     payload: dict[str, Any] | None = None,
 ) -> int:
     """Append one event in the caller's transaction and return its id."""
-    new_id = conn.execute(
-        update(EventCounter)
-        .where(EventCounter.id == 1)
-        .values(last_id=EventCounter.last_id + 1)
-        .returning(EventCounter.last_id)
-    ).scalar_one()
-    conn.execute(
-        insert(Event).values(
-            id=new_id,
-            type=type_.value,
-            study_uid=study_uid,
-            series_uid=series_uid,
-            sop_instance_uid=sop_instance_uid,
-            payload=json.dumps(payload or {}, separators=(",", ":")),
-        )
-    )
+    new_id = conn.execute(_NEXT_EVENT_ID).scalar_one()
+    conn.execute(_INSERT_EVENT, {
+        "id": new_id,
+        "type": type_.value,
+        "study_uid": study_uid,
+        "series_uid": series_uid,
+        "sop_instance_uid": sop_instance_uid,
+        "payload": json.dumps(payload or {}, separators=(",", ":")),
+    })
     return int(new_id)
 
 

@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import metrics
 from .errors import DuplicateConflict, PacsError, SOPClassMismatch
 from .events import EventType, append_event
 from .index.models import Instance, PendingWrite, Series, Study
-from .index.writer import bump_counts, upsert_patient, upsert_series, upsert_study
+from .index.writer import bump_counts, lock_study, upsert_patient, upsert_series
 from .parse import ParsedInstance, parse_instance
 from .storage import instance_key
 
@@ -114,59 +114,67 @@ def _result(parsed: ParsedInstance, status: str, size: int, warning: str = "") -
     )
 
 
+_SELECT_EXISTING = select(Instance.id, Instance.sha256, Instance.blob_key, Instance.series_fk).where(
+    Instance.sop_instance_uid == bindparam("b_sop")
+)
+_INSERT_PENDING = insert(PendingWrite).returning(PendingWrite.id)
+_DELETE_PENDING = delete(PendingWrite).where(PendingWrite.id == bindparam("b_id"))
+
+
 def _existing(archive: Archive, sop_uid: str):  # type: ignore[no-untyped-def]
     with archive.db.read() as conn:
-        return conn.execute(
-            select(Instance.id, Instance.sha256, Instance.blob_key, Instance.series_fk)
-            .where(Instance.sop_instance_uid == sop_uid)
-        ).first()
+        return conn.execute(_SELECT_EXISTING, {"b_sop": sop_uid}).first()
+
+
+def _check_and_begin(archive: Archive, parsed: ParsedInstance, sha: str):  # type: ignore[no-untyped-def]
+    """One transaction: look for a held copy; if the object must be written, record the
+    pending write. Returns (existing row or None, key or None, pending id or None)."""
+    with archive.db.write() as conn:
+        existing = conn.execute(_SELECT_EXISTING, {"b_sop": parsed.sop_instance_uid}).first()
+        if existing is not None:
+            if existing.sha256 == sha:
+                return existing, None, None
+            if archive.settings.duplicate_policy == "reject":
+                raise DuplicateConflict("SOP Instance UID already stored with other content")
+            if archive.settings.duplicate_policy == "keep":
+                return existing, None, None
+        key = instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid, sha[:16])
+        pending_id = conn.execute(_INSERT_PENDING, {"blob_key": key, "created_at": time.time()}).scalar_one()
+        return existing, key, int(pending_id)
+
+
+def _put(archive: Archive, key: str, path: str, consume: bool) -> None:
+    if consume:
+        archive.store.put_file(key, path)
+        return
+    fd, copy = tempfile.mkstemp(suffix=".dcm", dir=archive.incoming_dir)
+    os.close(fd)
+    try:  # keep the caller's file: store a streamed copy
+        shutil.copyfile(path, copy)
+        archive.store.put_file(key, copy)
+    finally:
+        if os.path.exists(copy):
+            os.unlink(copy)
 
 
 def _store_and_index(
     archive: Archive, path: str, parsed: ParsedInstance, size: int, sha: str,
     source: str, calling_ae: str, consume: bool,
 ) -> IngestResult:
-    existing = _existing(archive, parsed.sop_instance_uid)
-    policy = archive.settings.duplicate_policy
-    if existing is not None:
-        if existing.sha256 == sha:
+    existing, key, pending_id = _check_and_begin(archive, parsed, sha)
+    if key is None or pending_id is None:
+        if existing is not None and existing.sha256 == sha:
             return _result(parsed, "duplicate", size)
-        if policy == "reject":
-            raise DuplicateConflict("SOP Instance UID already stored with other content")
-        if policy == "keep":
-            return _result(parsed, "kept", size, "already stored; new copy discarded")
-    key = instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid, sha[:16])
-    pending_id = _begin_write(archive, key)
+        return _result(parsed, "kept", size, "already stored; new copy discarded")
     try:
-        if consume:
-            archive.store.put_file(key, path)
-        else:  # keep the caller's file: store a streamed copy
-            fd, copy = tempfile.mkstemp(suffix=".dcm", dir=archive.incoming_dir)
-            os.close(fd)
-            try:
-                shutil.copyfile(path, copy)
-                archive.store.put_file(key, copy)
-            finally:
-                if os.path.exists(copy):
-                    os.unlink(copy)
+        _put(archive, key, path, consume)
         status = _index(archive, parsed, key, size, sha, source, calling_ae, pending_id)
     except BaseException:
         _abandon_write(archive, key, pending_id)
         raise
     if status == "replaced" and existing is not None and existing.blob_key != key:
         archive.store.delete(existing.blob_key)
-    if status == "duplicate":
-        return _result(parsed, "duplicate", size)
     return _result(parsed, status, size)
-
-
-def _begin_write(archive: Archive, key: str) -> int:
-    with archive.db.write() as conn:
-        return int(
-            conn.execute(
-                insert(PendingWrite).values(blob_key=key, created_at=time.time()).returning(PendingWrite.id)
-            ).scalar_one()
-        )
 
 
 def _abandon_write(archive: Archive, key: str, pending_id: int) -> None:
@@ -203,7 +211,7 @@ def _index(
     try:
         with archive.db.write() as conn:
             status = _write_rows(conn, archive, parsed, row)
-            conn.execute(delete(PendingWrite).where(PendingWrite.id == pending_id))
+            conn.execute(_DELETE_PENDING, {"b_id": pending_id})
         return status
     except IntegrityError:
         # A concurrent ingest of the same SOP Instance UID committed first.
@@ -215,27 +223,29 @@ def _index(
         raise DuplicateConflict("SOP Instance UID stored concurrently with other content") from None
 
 
+_SELECT_OLD = select(Instance.id, Instance.series_fk, Instance.sha256).where(
+    Instance.sop_instance_uid == bindparam("b_sop")
+)
+_INSERT_INSTANCE = insert(Instance)
+
+
 def _write_rows(conn, archive: Archive, parsed: ParsedInstance, row: dict) -> str:  # type: ignore[no-untyped-def]
     now = time.time()
     patient_pk = upsert_patient(conn, parsed.patient)
-    study_pk = upsert_study(conn, parsed.study_uid, patient_pk, parsed.study)
-    series_pk, new_series = upsert_series(conn, parsed.series_uid, study_pk, parsed.series)
-    old = conn.execute(
-        select(Instance.id, Instance.series_fk, Instance.sha256)
-        .where(Instance.sop_instance_uid == parsed.sop_instance_uid)
-    ).first()
+    study = lock_study(conn, parsed.study_uid, patient_pk, parsed.study)
+    series_pk, new_series = upsert_series(conn, parsed.series_uid, study.id, parsed.series)
+    old = conn.execute(_SELECT_OLD, {"b_sop": parsed.sop_instance_uid}).first()
     if old is not None and old.sha256 == row["sha256"]:
         return "duplicate"  # an identical copy committed meanwhile
     if old is not None:
         if archive.settings.duplicate_policy != "overwrite" or old.series_fk != series_pk:
             raise DuplicateConflict("SOP Instance UID already stored with other content")
         conn.execute(update(Instance).where(Instance.id == old.id).values(**row))
-        _touch(conn, study_pk, series_pk, now)
+        _touch(conn, study.id, series_pk, now)
         status = "replaced"
     else:
-        conn.execute(insert(Instance).values(series_fk=series_pk, **row))
-        bump_counts(conn, study_pk, series_pk, new_series, parsed.series["modality"],
-                    parsed.sop_class_uid, now)
+        conn.execute(_INSERT_INSTANCE, {"series_fk": series_pk, **row})
+        bump_counts(conn, study, series_pk, new_series, parsed.series["modality"], parsed.sop_class_uid, now)
         status = "stored"
     append_event(
         conn, EventType.INSTANCE_STORED, study_uid=parsed.study_uid, series_uid=parsed.series_uid,

@@ -8,21 +8,13 @@ associations creating the same study at once both succeed (tech-notes §e).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import Conflict
 from .models import Instance, Patient, Series, Study
-
-
-@dataclass
-class InstanceRow:
-    """The values of the instance row, minus the foreign key."""
-
-    values: dict[str, Any]
 
 
 def _insert(conn: Connection, model: type):  # type: ignore[no-untyped-def]
@@ -30,85 +22,99 @@ def _insert(conn: Connection, model: type):  # type: ignore[no-untyped-def]
     return dialect.insert(model)
 
 
-def _get_or_create(conn: Connection, model: type, where: list, values: dict) -> tuple[Any, bool]:
-    """(row, created) for the row matching ``where``, inserting ``values`` if absent."""
-    row = conn.execute(select(model).where(*where)).first()
-    if row is not None:
-        return row, False
-    new_id = conn.execute(
-        _insert(conn, model).values(**values).on_conflict_do_nothing().returning(model.id)
-    ).scalar()
-    row = conn.execute(select(model).where(*where)).one()
-    return row, new_id is not None
+# Statements of the ingest hot path are built once; executing a prebuilt statement skips
+# SQLAlchemy's per-call construction and cache-key work (about half the time per row).
+_SELECT_PATIENT = select(Patient).where(
+    Patient.patient_id == bindparam("b_pid"), Patient.issuer == bindparam("b_issuer")
+)
+_SELECT_STUDY = select(Study).where(Study.study_uid == bindparam("b_uid"))
+_SELECT_SERIES = select(Series.id, Series.study_fk).where(Series.series_uid == bindparam("b_uid"))
+_INSERTS: dict[tuple[str, type], Any] = {}
+
+
+def _insert_returning_id(conn: Connection, model: type, values: dict) -> int | None:
+    """INSERT .. ON CONFLICT DO NOTHING RETURNING id: the new id, or None on conflict."""
+    key = (conn.dialect.name, model)
+    stmt = _INSERTS.get(key)
+    if stmt is None:
+        stmt = _INSERTS[key] = _insert(conn, model).on_conflict_do_nothing().returning(model.id)
+    return conn.execute(stmt, values).scalar()
 
 
 def upsert_patient(conn: Connection, patient: dict[str, str]) -> int:
     """Patient primary key for (PatientID, Issuer); demographics updated latest-wins."""
-    where = [Patient.patient_id == patient["patient_id"], Patient.issuer == patient["issuer"]]
-    row, created = _get_or_create(conn, Patient, where, patient)
-    if not created:
-        changed = {k: v for k, v in patient.items() if v and getattr(row, k) != v}
-        if changed:
-            conn.execute(update(Patient).where(Patient.id == row.id).values(**changed))
+    params = {"b_pid": patient["patient_id"], "b_issuer": patient["issuer"]}
+    row = conn.execute(_SELECT_PATIENT, params).first()
+    if row is None:
+        new_id = _insert_returning_id(conn, Patient, patient)
+        if new_id is not None:
+            return new_id
+        row = conn.execute(_SELECT_PATIENT, params).one()
+    changed = {k: v for k, v in patient.items() if v and getattr(row, k) != v}
+    if changed:
+        conn.execute(update(Patient).where(Patient.id == row.id).values(**changed))
     return int(row.id)
 
 
-def upsert_study(conn: Connection, study_uid: str, patient_pk: int, study: dict) -> int:
-    row, _ = _get_or_create(
-        conn, Study, [Study.study_uid == study_uid],
-        {"study_uid": study_uid, "patient_fk": patient_pk, **study},
-    )
+def lock_study(conn: Connection, study_uid: str, patient_pk: int, study: dict) -> Any:
+    """The study row, created if absent, locked for this transaction (PostgreSQL)."""
+    stmt = _SELECT_STUDY.with_for_update() if conn.dialect.name == "postgresql" else _SELECT_STUDY
+    row = conn.execute(stmt, {"b_uid": study_uid}).first()
+    if row is None:
+        _insert_returning_id(conn, Study, {"study_uid": study_uid, "patient_fk": patient_pk, **study})
+        row = conn.execute(stmt, {"b_uid": study_uid}).one()
     if row.patient_fk != patient_pk:
         raise Conflict("StudyInstanceUID already held under another patient")
-    return int(row.id)
+    return row
 
 
 def upsert_series(conn: Connection, series_uid: str, study_pk: int, series: dict) -> tuple[int, bool]:
-    row, created = _get_or_create(
-        conn, Series, [Series.series_uid == series_uid],
-        {"series_uid": series_uid, "study_fk": study_pk, **series},
-    )
+    row = conn.execute(_SELECT_SERIES, {"b_uid": series_uid}).first()
+    created = False
+    if row is None:
+        created = _insert_returning_id(conn, Series, {"series_uid": series_uid, "study_fk": study_pk, **series}) is not None
+        row = conn.execute(_SELECT_SERIES, {"b_uid": series_uid}).one()
     if row.study_fk != study_pk:
         raise Conflict("SeriesInstanceUID already held under another study")
     return int(row.id), created
 
 
-def _add_to_set(current: str, value: str) -> str | None:
-    """``current`` (backslash-separated) with ``value`` added, or None when present."""
-    if not value:
-        return None
-    items = [v for v in current.split("\\") if v]
-    if value in items:
-        return None
-    return "\\".join(sorted(items + [value]))
+def _add_to_set(current: str, value: str) -> str:
+    """``current`` (backslash-separated, sorted) with ``value`` added."""
+    items = {v for v in current.split("\\") if v}
+    if value:
+        items.add(value)
+    return "\\".join(sorted(items))
+
+
+_BUMP_SERIES = (
+    update(Series).where(Series.id == bindparam("b_pk"))
+    .values(num_instances=Series.num_instances + 1, last_instance_at=bindparam("b_now"), stable=False)
+)
+_BUMP_STUDY = (
+    update(Study).where(Study.id == bindparam("b_pk"))
+    .values(
+        num_instances=Study.num_instances + 1,
+        num_series=Study.num_series + bindparam("b_new_series"),
+        last_instance_at=bindparam("b_now"),
+        stable=False,
+        modalities=bindparam("b_modalities"),
+        sop_classes=bindparam("b_sop_classes"),
+    )
+)
 
 
 def bump_counts(
-    conn: Connection, study_pk: int, series_pk: int, new_series: bool,
+    conn: Connection, study: Any, series_pk: int, new_series: bool,
     modality: str, sop_class: str, now: float,
 ) -> None:
-    """Count one more instance in its series and study; extend the study's sets."""
-    conn.execute(
-        update(Series).where(Series.id == series_pk).values(
-            num_instances=Series.num_instances + 1, last_instance_at=now, stable=False
-        )
-    )
-    conn.execute(
-        update(Study).where(Study.id == study_pk).values(
-            num_instances=Study.num_instances + 1,
-            num_series=Study.num_series + (1 if new_series else 0),
-            last_instance_at=now,
-            stable=False,
-        )
-    )
-    current = conn.execute(select(Study.modalities, Study.sop_classes).where(Study.id == study_pk)).one()
-    changes = {}
-    if new_series and (mods := _add_to_set(current.modalities, modality)) is not None:
-        changes["modalities"] = mods
-    if (classes := _add_to_set(current.sop_classes, sop_class)) is not None:
-        changes["sop_classes"] = classes
-    if changes:
-        conn.execute(update(Study).where(Study.id == study_pk).values(**changes))
+    """Count one more instance in its series and its (locked) study; extend the study's sets."""
+    conn.execute(_BUMP_SERIES, {"b_pk": series_pk, "b_now": now})
+    conn.execute(_BUMP_STUDY, {
+        "b_pk": study.id, "b_now": now, "b_new_series": 1 if new_series else 0,
+        "b_modalities": _add_to_set(study.modalities, modality) if new_series else study.modalities,
+        "b_sop_classes": _add_to_set(study.sop_classes, sop_class),
+    })
 
 
 def recompute_study(conn: Connection, study_pk: int) -> None:
