@@ -22,7 +22,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
-    overrides = {"host": args.host, "dimse_port": args.dimse_port, "http_port": args.http_port}
+    overrides = {"host": args.host, "dimse_port": args.dimse_port, "http_port": args.http_port,
+                 "workers": args.workers}
     settings = load_settings(args.config, **overrides)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("pacs").warning(
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--dimse-port", type=int)
     serve.add_argument("--http-port", type=int)
+    serve.add_argument("--workers", type=int, help="server processes sharing the ports (default 1)")
     serve.set_defaults(func=cmd_serve)
 
     imp = sub.add_parser("import", help="import files, folders and zip archives")

@@ -51,6 +51,10 @@ class Settings:
         "round trips per object.",
         default=4 * 1024 * 1024,
     )
+    workers: int = _doc(
+        "Server processes sharing the DIMSE and HTTP ports (SO_REUSEPORT); one per core is a good start.",
+        default=1,
+    )
     max_associations: int = _doc("Concurrent DIMSE associations accepted.", default=32)
     dimse_timeout: float = _doc("Seconds to wait for a DIMSE message.", default=60.0)
     network_timeout: float = _doc("Seconds of network silence before an association is aborted.", default=120.0)
@@ -78,6 +82,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.duplicate_policy not in DUPLICATE_POLICIES:
             raise ValueError(f"duplicate_policy must be one of {DUPLICATE_POLICIES}")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
         if len(self.ae_title) > 16 or not self.ae_title.strip():
             raise ValueError("ae_title must be 1 to 16 characters")
 

@@ -10,8 +10,8 @@ import asyncio
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from . import metrics
 from .archive import Archive
 from .errors import PacsError
 
@@ -43,8 +43,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    body = generate_latest()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body, content_type = metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -123,3 +123,33 @@ def test_sigterm_lets_open_association_finish(tmp_path: Path, database_url: str)
         stored = set(conn.execute(select(Instance.sop_instance_uid)).scalars())
     assert set(sops) <= stored
     archive.close()
+
+
+def test_two_workers_share_the_ports(tmp_path: Path, database_url: str) -> None:
+    import urllib.request
+
+    server = ProcessServer(_env(tmp_path, database_url, PACS_WORKERS="2"), tmp_path).start()
+    acked: list[str] = []
+    stop = threading.Event()
+    senders = [Sender(server.dimse_port, acked, stop, i) for i in range(4)]
+    for s in senders:
+        s.start()
+    while len(acked) < 40 and any(s.is_alive() for s in senders):
+        stop.wait(0.01)
+    stop.set()
+    for s in senders:
+        s.join(30)
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    stored = sum(float(line.split()[-1]) for line in text.splitlines()
+                 if line.startswith('pacs_instances_stored_total{source="dimse"}'))
+    assert stored == len(acked)  # the sum over both workers
+    assert server.terminate() == 0
+    settings = load_settings(env={}, data_dir=tmp_path / "data", database_url=database_url)
+    archive = Archive(settings, migrate=False)
+    with archive.db.read() as conn:
+        rows = set(conn.execute(select(Instance.sop_instance_uid)).scalars())
+    assert set(acked) <= rows and len(rows) == len(acked)
+    log = server.log_path.read_text()
+    assert log.count("DIMSE PACS listening") == 2
+    archive.close()
