@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -43,16 +44,21 @@ class DataSet:
         return sum(p.stat().st_size for p in self.files)
 
 
-def _generator(name: str, count: int, seed: int) -> Iterator:
-    """The pydicom Datasets of data set ``name`` from the project's sample-data generator."""
+def _sample_data() -> ModuleType:
+    """The project's ``sample_data.generator`` module."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    from sample_data.generator import generate_ct_series, generate_tiny_series
+    import sample_data.generator
 
+    return sample_data.generator
+
+
+def _generator(name: str, count: int, seed: int) -> Iterator:
+    """The pydicom Datasets of data set ``name`` from the project's sample-data generator."""
     if name == "ct":
-        return generate_ct_series(count, seed=seed, rows=512, columns=512)
+        return _sample_data().generate_ct_series(count, seed=seed, rows=512, columns=512)
     if name == "tiny":
-        return generate_tiny_series(count, seed=seed)
+        return _sample_data().generate_tiny_series(count, seed=seed)
     raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
 
 
@@ -77,8 +83,9 @@ def ensure_dataset(name: str, count: int, seed: int = 0, work_dir: Path = WORK_D
     files = _load_manifest(root, name, count, seed)
     if files is not None:
         return DataSet(name, count, root, files)
-    from sample_data.generator import write_series  # noqa: F401  (import check before rmtree)
-
+    write_series = _sample_data().write_series  # fail before removing anything
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
     if root.exists():
         shutil.rmtree(root)
     started = time.monotonic()
