@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from sqlalchemy import func, select
 
 from pacs.index.models import Instance
 
+from .dcmtk import dcmtk_tool, needs_dcmtk
 from .factory import dataset_part, make_ct, to_bytes
 from .servers import ThreadedServer
 
@@ -189,10 +189,7 @@ def test_every_pydicom_test_file(server: ThreadedServer, settings) -> None:
     assert stored >= 60
 
 
-dcmtk = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk not installed")
-
-
-@dcmtk
+@needs_dcmtk("storescu")
 @pytest.mark.dcmtk
 def test_dcmtk_storescu(server: ThreadedServer, tmp_path: Path) -> None:
     files = []
@@ -203,7 +200,7 @@ def test_dcmtk_storescu(server: ThreadedServer, tmp_path: Path) -> None:
         path.write_bytes(to_bytes(ds))
         files.append((path, ds.SOPInstanceUID))
     proc = subprocess.run(
-        ["storescu", "-aec", "PACS", "-aet", "STORESCU", "127.0.0.1", str(server.dimse_port),
+        [dcmtk_tool("storescu"), "-aec", "PACS", "-aet", "STORESCU", "127.0.0.1", str(server.dimse_port),
          *[str(p) for p, _ in files]],
         capture_output=True, text=True, timeout=60,
     )
@@ -212,9 +209,9 @@ def test_dcmtk_storescu(server: ThreadedServer, tmp_path: Path) -> None:
         assert dataset_part(_stored_bytes(server, sop)) == dataset_part(path.read_bytes())
 
 
-@dcmtk
+@needs_dcmtk("echoscu")
 @pytest.mark.dcmtk
 def test_dcmtk_echoscu(server: ThreadedServer) -> None:
-    proc = subprocess.run(["echoscu", "-aec", "PACS", "127.0.0.1", str(server.dimse_port)],
+    proc = subprocess.run([dcmtk_tool("echoscu"), "-aec", "PACS", "127.0.0.1", str(server.dimse_port)],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
