@@ -71,6 +71,31 @@ def proc_status_kb(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (``pacs serve --workers N`` runs N children)."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return pids
+
+
+def tree_sum(pid: int, read) -> float:  # type: ignore[no-untyped-def]
+    """Sum of ``read(p)`` over the process tree of ``pid``, skipping processes that exited."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            total += read(p)
+        except (OSError, KeyError, ValueError):
+            continue
+    return total
+
+
 @dataclass
 class ServerProcess:
     """A server subprocess under test (``kind`` is ``pacs`` or ``baseline``)."""
@@ -144,12 +169,13 @@ class ServerProcess:
         return self.proc.pid
 
     def cpu_seconds(self) -> float:
-        """CPU seconds the server has used so far."""
-        return proc_cpu_seconds(self.pid)
+        """CPU seconds the server (all its processes) has used so far."""
+        return tree_sum(self.pid, proc_cpu_seconds)
 
     def peak_rss_mb(self) -> float:
-        """Peak resident set size (VmHWM) so far, in MB (10^6 bytes)."""
-        return proc_status_kb(self.pid, "VmHWM") * 1024 / 1e6
+        """Peak resident set size (VmHWM) so far, in MB (10^6 bytes), summed over the
+        server's processes (an upper bound of the peak of the whole)."""
+        return tree_sum(self.pid, lambda p: proc_status_kb(p, "VmHWM")) * 1024 / 1e6
 
     def stop(self, timeout: float = 90.0) -> int | None:
         """SIGTERM the server and wait; SIGKILL it (by pid) only if it does not exit in time."""

@@ -9,10 +9,14 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from . import aes
-from .archive import Archive
 from .errors import PacsError
 from .settings import Settings, load_settings
+
+
+def _archive(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .archive import Archive
+
+    return Archive(_settings(args))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -20,8 +24,6 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import serve
-
     overrides = {"host": args.host, "dimse_port": args.dimse_port, "http_port": args.http_port,
                  "workers": args.workers}
     settings = load_settings(args.config, **overrides)
@@ -29,6 +31,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("pacs").warning(
             "listening on %s: no authentication exists yet; keep this behind a firewall", settings.host
         )
+    if settings.workers > 1:
+        from .supervisor import supervise
+
+        return supervise(settings)
+    from .server import serve
+
     serve(settings)
     return 0
 
@@ -36,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from .importer import import_paths
 
-    archive = Archive(_settings(args))
+    archive = _archive(args)
     try:
         summary = import_paths(archive, args.paths, workers=args.workers, progress=not args.quiet)
     finally:
@@ -52,7 +60,7 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
     from .importer import import_paths
 
-    archive = Archive(_settings(args))
+    archive = _archive(args)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             write_series(generate_sample_studies(seed=args.seed), Path(tmp))
@@ -64,14 +72,16 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    archive = Archive(_settings(args))  # migrates on open
+    archive = _archive(args)  # migrates on open
     archive.close()
     print("index schema is up to date")
     return 0
 
 
 def cmd_ae(args: argparse.Namespace) -> int:
-    archive = Archive(_settings(args))
+    from . import aes
+
+    archive = _archive(args)
     try:
         if args.ae_command == "add":
             entry = aes.add_ae(archive.db, args.name, args.host, args.port, args.description)

@@ -10,12 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import multiprocessing.connection
-import os
-import shutil
-import signal
-import threading
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -95,60 +89,17 @@ def _serve_one(settings: Settings, *, reuse_port: bool = False, migrate: bool = 
     )
 
 
-def _worker_main(settings: Settings) -> None:
+def worker_main(settings: Settings) -> None:
+    """Entry point of one worker process of ``pacs serve --workers N``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     _serve_one(settings, reuse_port=True, migrate=False)
 
 
 def serve(settings: Settings) -> None:
-    """Run ``settings.workers`` server processes until SIGTERM/SIGINT.
-
-    With one worker the server runs in this process. With more, this process migrates the
-    index once, then supervises worker processes that share the DIMSE and HTTP ports
-    through SO_REUSEPORT (the kernel spreads connections over them), forwards SIGTERM,
-    and restarts a worker that dies unexpectedly.
-    """
+    """Run the server until SIGTERM/SIGINT: in this process, or as supervised workers."""
     if settings.workers == 1:
         _serve_one(settings)
         return
-    Archive(settings).close()  # migrate once, before the workers start
-    metrics_dir = settings.data_dir / "metrics"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
-    Supervisor(settings).run()
+    from .supervisor import supervise
 
-
-class Supervisor:
-    """Starts, watches and stops the worker processes."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.context = multiprocessing.get_context("spawn")
-        self.workers: list[multiprocessing.process.BaseProcess] = []
-        self.stopping = threading.Event()
-
-    def _start_worker(self) -> multiprocessing.process.BaseProcess:
-        proc = self.context.Process(target=_worker_main, args=(self.settings,), daemon=False)
-        proc.start()
-        return proc
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        self.stopping.set()
-        for proc in self.workers:
-            if proc.is_alive() and proc.pid:
-                os.kill(proc.pid, signal.SIGTERM)
-
-    def run(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        self.workers = [self._start_worker() for _ in range(self.settings.workers)]
-        log.info("started %d worker processes", len(self.workers))
-        while not self.stopping.is_set():
-            multiprocessing.connection.wait([p.sentinel for p in self.workers], timeout=1.0)
-            for i, proc in enumerate(self.workers):
-                if not proc.is_alive() and not self.stopping.is_set():
-                    log.warning("worker %s exited with %s; restarting", proc.pid, proc.exitcode)
-                    self.workers[i] = self._start_worker()
-        for proc in self.workers:
-            proc.join(self.settings.shutdown_timeout + 10)
+    supervise(settings)
