@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import StorageUnavailable
 from .events import ChangeEvent, read_changes, sweep_stable
@@ -17,6 +19,9 @@ from .index.migrate import upgrade
 from .ingest import IngestResult, ingest_bytes, ingest_file, sweep_orphans
 from .settings import Settings
 from .storage import BlobStore, FolderStore, open_blob_store
+
+if TYPE_CHECKING:
+    from .dimse.policy import AEPolicy
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,14 @@ class Archive:
 
     def sweep_stable(self, now: float | None = None) -> int:
         return sweep_stable(self.db, self.settings.stable_seconds, now)
+
+    # -- access -------------------------------------------------------------------
+    @cached_property
+    def policy(self) -> AEPolicy:
+        """What each remote AE may do (:class:`pacs.dimse.policy.AEPolicy`)."""
+        from .dimse.policy import AEPolicy
+
+        return AEPolicy(self.db, open_mode=self.settings.open_mode)
 
     # -- housekeeping ---------------------------------------------------------------
     def sweep_orphans(self, grace_seconds: float | None = None) -> int:

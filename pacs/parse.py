@@ -21,7 +21,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 
 from .errors import InvalidInstance
-from .index.names import normalise_pn
+from .index.names import normalise_pn, normalise_time
 from .structure import check_structure, dataset_start
 from .uids import validate_uid
 
@@ -88,7 +88,7 @@ def _extract_index_values(ds: Dataset) -> tuple[dict, dict, dict, dict]:
     }
     study = {
         "study_date": _date(ds, "StudyDate"),
-        "study_time": _text(ds, "StudyTime", 16),
+        "study_time": normalise_time(_text(ds, "StudyTime", 16)),
         "accession_number": _text(ds, "AccessionNumber", 64),
         "study_id": _text(ds, "StudyID", 16),
         "study_description": _text(ds, "StudyDescription", 64),
@@ -102,7 +102,7 @@ def _extract_index_values(ds: Dataset) -> tuple[dict, dict, dict, dict]:
         "series_description": _text(ds, "SeriesDescription", 64),
         "body_part_examined": _text(ds, "BodyPartExamined", 16),
         "series_date": _date(ds, "SeriesDate"),
-        "series_time": _text(ds, "SeriesTime", 16),
+        "series_time": normalise_time(_text(ds, "SeriesTime", 16)),
         "station_name": _text(ds, "StationName", 16),
     }
     instance = {

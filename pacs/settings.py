@@ -59,6 +59,21 @@ class Settings:
     dimse_timeout: float = _doc("Seconds to wait for a DIMSE message.", default=60.0)
     network_timeout: float = _doc("Seconds of network silence before an association is aborted.", default=120.0)
     require_called_ae: bool = _doc("Refuse associations whose Called AE is not ours.", default=False)
+    open_mode: bool = _doc(
+        "AEs not in the registry (`pacs ae`) may echo, store, query, retrieve and request storage "
+        "commitment. Registered AEs are limited by their allow flags either way; with `false`, "
+        "unregistered AEs are refused (status 0x0124).",
+        default=True,
+    )
+    commitment_max_attempts: int = _doc(
+        "Attempts to deliver a storage commitment report (N-EVENT-REPORT) before it is marked failed.",
+        default=10,
+    )
+    commitment_retry_seconds: float = _doc(
+        "Delay before the second delivery attempt of a storage commitment report; doubles after "
+        "each failure, at most one hour.",
+        default=5.0,
+    )
     duplicate_policy: str = _doc(
         "A different object sent under a SOP Instance UID already held: `reject` "
         "(refuse it, keep the first), `overwrite` (replace the stored one), "
@@ -84,6 +99,8 @@ class Settings:
             raise ValueError(f"duplicate_policy must be one of {DUPLICATE_POLICIES}")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.commitment_max_attempts < 1:
+            raise ValueError("commitment_max_attempts must be at least 1")
         if len(self.ae_title) > 16 or not self.ae_title.strip():
             raise ValueError("ae_title must be 1 to 16 characters")
 

@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 
 from .. import metrics
 from ..errors import PacsError, error_comment
+from . import policy
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -34,8 +35,12 @@ def _status(code: int, comment: str = "") -> Dataset:
     return ds
 
 
-def handle_echo(event: Event) -> int:
-    """C-ECHO (PS3.4 A.4): always Success (0x0000)."""
+def handle_echo(event: Event, archive: Archive | None = None) -> int | Dataset:
+    """C-ECHO (PS3.4 A.4): Success (0x0000), or 0x0124 when the AE policy refuses the caller."""
+    if archive is not None:
+        refused = policy.refusal(event, archive, "echo")
+        if refused is not None:
+            return refused
     return SUCCESS
 
 
@@ -45,8 +50,12 @@ def handle_store(event: Event, archive: Archive) -> Dataset:
     Statuses: 0x0000 stored (also for an identical re-send); 0xA700 out of resources
     (storage or index unavailable); 0xA900 dataset does not match the SOP class;
     0xC000-0xC0FF cannot understand / refused (unparseable, bad UIDs, conflicts), each
-    with an Error Comment. Never a success for an object that is not stored.
+    with an Error Comment; 0x0124 when the AE policy refuses the caller (nothing stored).
+    Never a success for an object that is not stored.
     """
+    refused = policy.refusal(event, archive, "store")
+    if refused is not None:
+        return refused
     calling = event.assoc.requestor.ae_title
     try:
         result = archive.ingest_file(

@@ -23,10 +23,15 @@ from pynetdicom import (
     _config,
     evt,
 )
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from . import handlers
+from .find import handle_find
 
 if TYPE_CHECKING:
     from ..archive import Archive
@@ -94,6 +99,8 @@ def build_ae(archive: Archive) -> AE:
     ae.add_supported_context(Verification, syntaxes)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, syntaxes)
+    for model in (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind):
+        ae.add_supported_context(model, syntaxes)
     return ae
 
 
@@ -115,6 +122,7 @@ class DimseServer:
         return [
             (evt.EVT_C_ECHO, handlers.handle_echo),
             (evt.EVT_C_STORE, handlers.handle_store, [self.archive]),
+            (evt.EVT_C_FIND, handle_find, [self.archive]),
             (evt.EVT_ACCEPTED, handlers.handle_association_accepted),
             (evt.EVT_RELEASED, handlers.handle_association_closed),
             (evt.EVT_ABORTED, handlers.handle_association_closed),

@@ -1,4 +1,5 @@
-"""Index schema (SQLAlchemy 2): patient / study / series / instance, the event log, the AE registry.
+"""Index schema (SQLAlchemy 2): patient / study / series / instance, the event log, the AE registry,
+storage commitment requests.
 
 Wide typed tables with integer surrogate keys and unique UID columns. The attributes
 C-FIND (PS3.4 C.6) and QIDO-RS (PS3.18 10.6) match on are indexed columns; everything
@@ -21,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -198,3 +200,31 @@ class RemoteAE(Base):
     port: Mapped[int] = mapped_column(Integer)
     description: Mapped[str] = mapped_column(String(256), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # What the AE may ask of us (pacs/dimse/policy.py); migration 0002.
+    allow_echo: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    allow_store: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    allow_find: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    allow_move: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    allow_get: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    allow_commitment: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+
+
+class CommitmentRequest(Base):
+    """A Storage Commitment Push Model request (PS3.4 J.3.2) awaiting or done with its
+    N-EVENT-REPORT (J.3.3). ``items`` is a JSON list of [SOP Class UID, SOP Instance UID];
+    ``status`` is ``pending``, ``sent`` or ``failed``."""
+
+    __tablename__ = "commitment_request"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    transaction_uid: Mapped[str] = mapped_column(String(64), index=True)
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    requested_at: Mapped[float] = mapped_column(Float)
+    items: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    last_error: Mapped[str] = mapped_column(String(256), default="")
+
+
+Index("ix_commitment_request_due", CommitmentRequest.status, CommitmentRequest.next_attempt_at)

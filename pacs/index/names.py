@@ -36,3 +36,21 @@ def person_name_text(value: object) -> str:
     if value is None:
         return ""
     return str(value)
+
+
+def normalise_time(value: str, *, upper: bool = False) -> str:
+    """A TM value as ``HHMMSS.FFFFFF`` for range matching (PS3.4 C.2.2.2.5).
+
+    Missing parts are zero, or their maximum with ``upper`` (so "1015" as an upper bound
+    means 10:15:59.999999). Colons of the old ACR-NEMA form are dropped. Values that are
+    not times come back unchanged.
+    """
+    text = value.replace(":", "").strip()
+    if not text:
+        return ""
+    whole, _, fraction = text.partition(".")
+    if not whole.isdigit() or len(whole) > 6 or (fraction and not fraction.isdigit()):
+        return text
+    whole = whole + ("595959"[len(whole):] if upper else "000000"[len(whole):])
+    fraction = (fraction + ("9" if upper else "0") * 6)[:6]
+    return f"{whole}.{fraction}"

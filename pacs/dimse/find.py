@@ -1,0 +1,150 @@
+"""C-FIND SCP (PS3.4 C.4.1): Patient Root and Study Root, every level, on the query model.
+
+The identifier is validated per PS3.4 C.4.1.1.3 (hierarchical search): a known
+QueryRetrieveLevel for the information model, the unique keys of every level above the
+query level, no keys below it. Matching keys become :class:`~pacs.query.Query` matchers;
+every key of the identifier is returned, filled from the archive where it holds a value.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Iterator
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataset import Dataset
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+)
+
+from ..errors import InvalidQuery, PacsError, error_comment
+from ..query import Level, Query, make_matcher, search
+from ..query.attributes import COMPUTED, MATCHABLE, UNIQUE_KEYS, attribute_level
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+    from ..archive import Archive
+
+log = logging.getLogger(__name__)
+
+PENDING, CANCEL, SUCCESS = 0xFF00, 0xFE00, 0x0000
+IDENTIFIER_INVALID, UNABLE_TO_PROCESS = 0xA900, 0xC000
+#: Elements of the identifier that are not matching or return keys (PS3.4 C.4.1.1.3).
+CONTROL_KEYWORDS = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle",
+                    "TimezoneOffsetFromUTC", "QueryRetrieveView"}
+
+MODELS: dict[str, tuple[Level, ...]] = {
+    str(PatientRootQueryRetrieveInformationModelFind): (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE),
+    str(StudyRootQueryRetrieveInformationModelFind): (Level.STUDY, Level.SERIES, Level.IMAGE),
+}
+
+
+def _values(elem: Any) -> list[str]:
+    value = elem.value
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def _level(identifier: Dataset, levels: tuple[Level, ...]) -> Level:
+    raw = str(identifier.get("QueryRetrieveLevel", "")).strip()
+    try:
+        level = Level(raw)
+    except ValueError:
+        raise InvalidQuery("QueryRetrieveLevel missing or invalid") from None
+    if level not in levels:
+        raise InvalidQuery(f"level {raw} is not in this information model")
+    return level
+
+
+def _check_unique_keys(query: Query, levels: tuple[Level, ...]) -> None:
+    """PS3.4 C.4.1.2.1: each level above the query level needs its unique key."""
+    for upper in levels:
+        if upper.depth >= query.level.depth:
+            break
+        key = UNIQUE_KEYS[upper]
+        matcher = query.matcher(key)
+        if matcher is None or matcher.kind.value not in ("single", "uid_list"):
+            raise InvalidQuery(f"{query.level.value} level query needs {key}")
+
+
+def query_from_identifier(identifier: Dataset, model: str) -> tuple[Query, list[str]]:
+    """The query and the tags (8 hex digits) to return, from a C-FIND identifier."""
+    levels = MODELS.get(str(model))
+    if levels is None:
+        raise InvalidQuery("unsupported information model")
+    level = _level(identifier, levels)
+    query, tags = Query(level), []
+    for elem in identifier:
+        keyword = elem.keyword or keyword_for_tag(elem.tag)
+        if keyword in CONTROL_KEYWORDS or elem.tag.group == 0x0002:
+            continue
+        tags.append(f"{int(elem.tag):08X}")
+        attr_level = attribute_level(keyword)
+        if attr_level is not None and attr_level.depth > level.depth:
+            raise InvalidQuery(f"{keyword} is below the {level.value} level")
+        if elem.VR == "SQ":
+            if elem.value:
+                raise InvalidQuery(f"sequence matching on {keyword} is not supported")
+            continue
+        values = _values(elem)
+        if keyword in MATCHABLE:
+            query.matchers.append(make_matcher(keyword, values))
+        elif values and keyword not in COMPUTED:
+            raise InvalidQuery(f"matching on {keyword or elem.tag} is not supported")
+    _check_unique_keys(query, levels)
+    return query, tags
+
+
+def _response(body: dict[str, Any], tags: list[str], level: Level, ae_title: str) -> Dataset:
+    for tag in tags:
+        if tag not in body:
+            try:
+                body[tag] = {"vr": dictionary_VR(int(tag, 16))}
+            except KeyError:  # private or unknown: return it empty as UN
+                body[tag] = {"vr": "UN"}
+    ds = Dataset.from_json(body)
+    ds.QueryRetrieveLevel = level.value
+    ds.RetrieveAETitle = ae_title
+    if any(not str(v).isascii() for v in (e.value for e in ds if e.VR in ("PN", "LO", "SH", "ST", "LT", "UT", "UC"))):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    return ds
+
+
+def handle_find(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """C-FIND (PS3.4 C.4.1.2): yields (0xFF00, identifier) per match, then success.
+
+    Statuses: 0xA900 identifier does not match the SOP class (invalid level, missing
+    unique keys, keys below the level, unsupported matching), 0xC000 unable to process,
+    0xFE00 cancelled (checked before every pending response).
+    """
+    model = str(event.request.AffectedSOPClassUID)
+    try:
+        query, tags = query_from_identifier(event.identifier, model)
+        matches = list(search(archive.db, query, tags))
+    except InvalidQuery as exc:
+        yield _failure(IDENTIFIER_INVALID, exc)
+        return
+    except PacsError as exc:
+        yield _failure(exc.dimse_status if exc.dimse_status != 0xA700 else UNABLE_TO_PROCESS, exc)
+        return
+    except Exception:
+        log.exception("C-FIND failed")
+        yield UNABLE_TO_PROCESS, None
+        return
+    for match in matches:
+        if event.is_cancelled:
+            yield CANCEL, None
+            return
+        yield PENDING, _response(match.json, tags, query.level, archive.settings.ae_title)
+
+
+def _failure(status: int, exc: Exception) -> tuple[Dataset, None]:
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = error_comment(exc)
+    return ds, None

@@ -1,0 +1,134 @@
+"""Which remote AE may do what: the one place DIMSE handlers ask (after Orthanc's
+``IApplicationEntityFilter``).
+
+Rules:
+
+* an AE in the registry (``pacs ae``, ``/api/aes``) may use exactly the operations its
+  ``allow_*`` flags permit, whatever the mode;
+* an AE not in the registry may do everything when ``PACS_OPEN_MODE`` is true (the
+  default), nothing when it is false.
+
+A refused request is answered with status 0x0124 "Refused: Not Authorized" (PS3.7 C.5.x,
+listed for C-STORE, C-FIND, C-MOVE, C-GET, N-ACTION; PS3.4 B.2.3, C.4.x, J.3.2). AE titles
+are not authentication: they are sent in clear by the caller. The registry is read at most
+every :data:`CACHE_SECONDS` (sooner when this process changed it), so a check costs a
+dictionary lookup.
+
+Handlers use :func:`refusal`::
+
+    refused = policy.refusal(event, archive, "find")
+    if refused is not None:
+        yield refused, None   # or: return refused
+        return
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+
+from .. import aes
+from ..index.models import RemoteAE
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+    from ..archive import Archive
+    from ..index.db import Database
+
+log = logging.getLogger(__name__)
+
+#: Registry reads are cached for at most this many seconds.
+CACHE_SECONDS = 2.0
+#: PS3.7 C.5: Refused: Not Authorized.
+NOT_AUTHORIZED = 0x0124
+OPERATIONS = aes.OPERATIONS
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    flags: dict[str, frozenset[str]]  # AE title -> allowed operations
+    loaded_at: float
+    generation: int
+
+
+class AEPolicy:
+    """Decides ``is_allowed(calling_ae, address, operation)`` from the AE registry."""
+
+    def __init__(self, db: Database, *, open_mode: bool = True, cache_seconds: float = CACHE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.db = db
+        self.open_mode = open_mode
+        self.cache_seconds = cache_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._snapshot: _Snapshot | None = None
+
+    def is_allowed(self, calling_ae: str, address: str, operation: str) -> bool:
+        """May ``calling_ae`` (connecting from ``address``) use ``operation``?
+
+        ``operation`` is one of echo, store, find, move, get, commitment. The address is
+        logged with refusals; it is not (yet) compared with the registered host.
+        """
+        if operation not in OPERATIONS:
+            raise ValueError(f"unknown operation {operation!r}")
+        allowed = self._flags().get(calling_ae.strip())
+        if allowed is None:
+            return self.open_mode
+        return operation in allowed
+
+    def is_registered(self, calling_ae: str) -> bool:
+        return calling_ae.strip() in self._flags()
+
+    def invalidate(self) -> None:
+        """Forget the cached registry (the next check reads it again)."""
+        with self._lock:
+            self._snapshot = None
+
+    def _flags(self) -> dict[str, frozenset[str]]:
+        snap = self._snapshot
+        now = self._clock()
+        generation = aes.registry_generation()
+        if snap is not None and now - snap.loaded_at < self.cache_seconds and snap.generation == generation:
+            return snap.flags
+        with self._lock:
+            snap = self._snapshot
+            if snap is None or now - snap.loaded_at >= self.cache_seconds or snap.generation != generation:
+                snap = _Snapshot(self._load(), now, generation)
+                self._snapshot = snap
+        return snap.flags
+
+    def _load(self) -> dict[str, frozenset[str]]:
+        columns = [getattr(RemoteAE, f"allow_{op}") for op in OPERATIONS]
+        with self.db.read() as conn:
+            rows = conn.execute(select(RemoteAE.ae_title, *columns)).all()
+        return {row[0]: frozenset(op for op, ok in zip(OPERATIONS, row[1:]) if ok) for row in rows}
+
+
+def policy_of(archive: Archive) -> AEPolicy:
+    """The archive's policy (``archive.policy``, created on first use from its settings)."""
+    return archive.policy
+
+
+def _requestor(event: Event) -> tuple[str, str]:
+    requestor = event.assoc.requestor
+    return str(requestor.ae_title).strip(), str(requestor.address)
+
+
+def refusal(event: Event, archive: Archive, operation: str) -> Dataset | None:
+    """None when the event's calling AE may use ``operation``; else the 0x0124 status
+    (with an Error Comment) to answer, after an INFO log line (AE title and address only)."""
+    calling, address = _requestor(event)
+    if policy_of(archive).is_allowed(calling, address, operation):
+        return None
+    log.info("%s from %s (%s) refused by the AE policy", operation, calling, address)
+    status = Dataset()
+    status.Status = NOT_AUTHORIZED
+    status.ErrorComment = f"calling AE not allowed to {operation}"
+    return status

@@ -1,0 +1,87 @@
+"""Turn one attribute's query value into a :class:`Matcher` (PS3.4 C.2.2.2), for both doors.
+
+The value syntax is the same in a C-FIND identifier and a QIDO-RS parameter once the
+door has split lists (C-FIND: backslash; QIDO-RS: comma or backslash).
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import InvalidQuery
+from ..index.names import normalise_pn, normalise_time
+from ..uids import lenient_uid
+from .attributes import MATCHABLE, RANGE_VRS, WILDCARD_VRS
+from .model import Matcher, MatchKind
+
+_DA = re.compile(r"^\d{8}$")
+_TM = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
+
+
+def _check_date(value: str, keyword: str) -> str:
+    if value and not _DA.match(value):
+        raise InvalidQuery(f"{keyword}: dates are YYYYMMDD")
+    return value
+
+
+def _range(keyword: str, vr: str, value: str) -> Matcher:
+    low, _, high = value.partition("-")
+    if not low and not high:
+        raise InvalidQuery(f"{keyword}: a range needs at least one end")
+    if vr == "DA":
+        low, high = _check_date(low, keyword), _check_date(high, keyword)
+    elif vr == "TM":
+        for part in (low, high):
+            if part and not _TM.match(part.replace(":", "")):
+                raise InvalidQuery(f"{keyword}: times are HHMMSS.FFFFFF")
+        low, high = normalise_time(low), normalise_time(high, upper=True)
+    if low and high and low > high:
+        raise InvalidQuery(f"{keyword}: range start after its end")
+    return Matcher(keyword, MatchKind.RANGE, (low, high))
+
+
+def make_matcher(keyword: str, values: list[str]) -> Matcher:
+    """The matcher for ``keyword`` given its (already split) values; [] or [''] is universal."""
+    attr = MATCHABLE.get(keyword)
+    if attr is None:
+        raise InvalidQuery(f"matching on {keyword} is not supported")
+    values = [v.strip() if attr.vr != "PN" else v.strip(" ") for v in values if v is not None]
+    values = [v for v in values if v != ""]
+    if not values:
+        return Matcher(keyword, MatchKind.UNIVERSAL)
+    if attr.vr == "UI":
+        bad = [v for v in values if not lenient_uid(v)]
+        if bad:
+            raise InvalidQuery(f"{keyword}: not a UID")
+        return Matcher(keyword, MatchKind.UID_LIST, tuple(values)) if len(values) > 1 else (
+            Matcher(keyword, MatchKind.SINGLE, values[0]))
+    if len(values) > 1:
+        if keyword == "ModalitiesInStudy" or attr.vr in ("CS", "SH", "LO"):
+            return Matcher(keyword, MatchKind.LIST, tuple(values))
+        raise InvalidQuery(f"{keyword}: only one value allowed")
+    value = values[0]
+    if attr.vr in RANGE_VRS and "-" in value:
+        return _range(keyword, attr.vr, value)
+    if attr.person_name:
+        value = normalise_pn(value)
+    if ("*" in value or "?" in value) and attr.vr in WILDCARD_VRS:
+        if set(value) == {"*"}:
+            return Matcher(keyword, MatchKind.UNIVERSAL)
+        return Matcher(keyword, MatchKind.WILDCARD, value)
+    return _single(keyword, attr.vr, value)
+
+
+def _single(keyword: str, vr: str, value: str) -> Matcher:
+    if vr == "DA":
+        _check_date(value, keyword)
+    elif vr == "TM":
+        if not _TM.match(value.replace(":", "")):
+            raise InvalidQuery(f"{keyword}: times are HHMMSS.FFFFFF")
+        # a single time matches the whole period it names (e.g. 10 = 10:00-10:59:59)
+        return Matcher(keyword, MatchKind.RANGE, (normalise_time(value), normalise_time(value, upper=True)))
+    elif vr == "IS":
+        try:
+            return Matcher(keyword, MatchKind.SINGLE, int(value))
+        except ValueError:
+            raise InvalidQuery(f"{keyword}: not an integer") from None
+    return Matcher(keyword, MatchKind.SINGLE, value)
