@@ -1,0 +1,125 @@
+"""C-FIND latency on an index of N studies, over one kept association (see bench/README.md).
+
+Fills a fresh archive with N studies (one small instance each, realistic attribute
+spread), starts the real server in-process on free ports, and times C-FIND queries sent
+by a pynetdicom SCU over one association: PatientID, PatientName prefix wildcard, a
+31-day StudyDate range, AccessionNumber, ModalitiesInStudy. Reports p50/p95/max in ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pydicom.dataset import Dataset  # noqa: E402
+from pynetdicom import AE  # noqa: E402
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND  # noqa: E402
+
+from pacs.settings import load_settings  # noqa: E402
+from tests.factory import make_ct, to_bytes  # noqa: E402
+from tests.servers import ThreadedServer  # noqa: E402
+
+SURNAMES = ["SMITH", "JONES", "MÜLLER", "GARCIA", "NGUYEN", "KOWALSKI", "ROSSI", "TANAKA", "OKAFOR", "DUBOIS"]
+MODALITIES = ["CT", "MR", "CR", "US", "PT", "DX"]
+
+
+def fill(server: ThreadedServer, studies: int, seed: int) -> None:
+    rng = random.Random(seed)
+    start = date(2024, 1, 1)
+    for i in range(studies):
+        ds = make_ct(patient_id=f"PID{i % (studies // 2 or 1):06d}", patient_name=f"{rng.choice(SURNAMES)}^P{i}",
+                     study=f"1.2.826.0.1.3680043.10.1234.{seed}.{i + 1}", rows=8, columns=8, seed=i)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.StudyDate = (start + timedelta(days=rng.randrange(730))).strftime("%Y%m%d")
+        ds.AccessionNumber = f"ACC{i:07d}"
+        ds.Modality = rng.choice(MODALITIES)
+        server.archive.ingest_bytes(to_bytes(ds), source="bench")
+
+
+def queries(rng: random.Random, studies: int) -> dict[str, list[dict[str, str]]]:
+    def date_range() -> str:
+        first = date(2024, 1, 1) + timedelta(days=rng.randrange(700))
+        return f"{first:%Y%m%d}-{first + timedelta(days=30):%Y%m%d}"
+
+    n = 100
+    return {
+        "PatientID": [{"PatientID": f"PID{rng.randrange(studies // 2 or 1):06d}"} for _ in range(n)],
+        "PatientName prefix": [{"PatientName": rng.choice(SURNAMES)[:3] + "*"} for _ in range(n)],
+        "StudyDate 31 days": [{"StudyDate": date_range()} for _ in range(n)],
+        "AccessionNumber": [{"AccessionNumber": f"ACC{rng.randrange(studies):07d}"} for _ in range(n)],
+        "ModalitiesInStudy": [{"ModalitiesInStudy": rng.choice(MODALITIES)} for _ in range(n)],
+    }
+
+
+def time_queries(port: int, cases: dict[str, list[dict[str, str]]]) -> dict[str, dict[str, float]]:
+    ae = AE(ae_title="BENCH")
+    ae.add_requested_context(FIND)
+    assoc = ae.associate("127.0.0.1", port)
+    assert assoc.is_established
+    # Like a modality with TCP_NODELAY=1: without it, Nagle + delayed ACK add ~40 ms per request.
+    assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    results = {}
+    for name, keysets in cases.items():
+        timings, matches = [], []
+        for keys in keysets:
+            identifier = Dataset()
+            identifier.QueryRetrieveLevel = "STUDY"
+            for key in ("StudyInstanceUID", "PatientName", "PatientID", "StudyDate", "AccessionNumber",
+                        "ModalitiesInStudy", "NumberOfStudyRelatedInstances"):
+                setattr(identifier, key, "")
+            for key, value in keys.items():
+                setattr(identifier, key, value)
+            started = time.perf_counter()
+            count = sum(1 for status, _ in assoc.send_c_find(identifier, FIND) if status.Status == 0xFF00)
+            timings.append((time.perf_counter() - started) * 1000)
+            matches.append(count)
+        timings.sort()
+        results[name] = {
+            "p50_ms": round(statistics.median(timings), 2),
+            "p95_ms": round(timings[int(len(timings) * 0.95) - 1], 2),
+            "max_ms": round(timings[-1], 2),
+            "mean_matches": round(statistics.mean(matches), 1),
+        }
+    assoc.release()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--studies", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--database-url", default="", help="default: SQLite in a temp folder")
+    parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "query.jsonl"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(env={}, data_dir=Path(tmp), database_url=args.database_url, dimse_port=0, http_port=0)
+        server = ThreadedServer(settings).start()
+        try:
+            started = time.perf_counter()
+            fill(server, args.studies, args.seed)
+            print(f"filled {args.studies} studies in {time.perf_counter() - started:.1f} s")
+            results = time_queries(server.dimse_port, queries(random.Random(args.seed), args.studies))
+        finally:
+            server.stop()
+    print(f"{'query':22s} {'p50 ms':>8s} {'p95 ms':>8s} {'max ms':>8s} {'matches':>8s}")
+    for name, r in results.items():
+        print(f"{name:22s} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} {r['max_ms']:8.2f} {r['mean_matches']:8.1f}")
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.results, "a") as out:
+        out.write(json.dumps({"studies": args.studies, "database": "postgresql" if args.database_url else "sqlite",
+                              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
