@@ -61,13 +61,14 @@ def queries(rng: random.Random, studies: int) -> dict[str, list[dict[str, str]]]
     }
 
 
-def time_queries(port: int, cases: dict[str, list[dict[str, str]]]) -> dict[str, dict[str, float]]:
+def time_queries(port: int, cases: dict[str, list[dict[str, str]]], nodelay: bool = True) -> dict[str, dict[str, float]]:
     ae = AE(ae_title="BENCH")
     ae.add_requested_context(FIND)
     assoc = ae.associate("127.0.0.1", port)
     assert assoc.is_established
     # Like a modality with TCP_NODELAY=1: without it, Nagle + delayed ACK add ~40 ms per request.
-    assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if nodelay:
+        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     results = {}
     for name, keysets in cases.items():
         timings, matches = [], []
@@ -99,6 +100,7 @@ def main() -> int:
     parser.add_argument("--studies", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--database-url", default="", help="default: SQLite in a temp folder")
+    parser.add_argument("--no-nodelay", action="store_true", help="client without TCP_NODELAY (Nagle on)")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "query.jsonl"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,7 +110,7 @@ def main() -> int:
             started = time.perf_counter()
             fill(server, args.studies, args.seed)
             print(f"filled {args.studies} studies in {time.perf_counter() - started:.1f} s")
-            results = time_queries(server.dimse_port, queries(random.Random(args.seed), args.studies))
+            results = time_queries(server.dimse_port, queries(random.Random(args.seed), args.studies), not args.no_nodelay)
         finally:
             server.stop()
     print(f"{'query':22s} {'p50 ms':>8s} {'p95 ms':>8s} {'max ms':>8s} {'matches':>8s}")

@@ -84,17 +84,26 @@ def cmd_ae(args: argparse.Namespace) -> int:
     archive = _archive(args)
     try:
         if args.ae_command == "add":
-            entry = aes.add_ae(archive.db, args.name, args.host, args.port, args.description)
-            print(f"added {entry.ae_title} {entry.host}:{entry.port}")
+            denied = aes.parse_operations(args.deny or "")
+            if args.allow is not None:
+                denied = frozenset(aes.OPERATIONS) - aes.parse_operations(args.allow)
+            entry = aes.add_ae(archive.db, args.name, args.host, args.port, args.description, denied=denied)
+            print(f"added {entry.ae_title} {entry.host}:{entry.port} {_allowed(entry)}")
         elif args.ae_command == "remove":
             aes.remove_ae(archive.db, args.name)
             print(f"removed {args.name}")
         else:
             for entry in aes.list_aes(archive.db):
-                print(f"{entry.ae_title:<16} {entry.host}:{entry.port}  {entry.description}")
+                print(f"{entry.ae_title:<16} {entry.host}:{entry.port}  {_allowed(entry)}  {entry.description}")
     finally:
         archive.close()
     return 0
+
+
+def _allowed(entry) -> str:  # type: ignore[no-untyped-def]
+    """``allow=echo,store,...`` (or ``allow=all``) for an AE registry entry."""
+    allowed = [op for op, ok in entry.allow.items() if ok]
+    return "allow=" + ("all" if len(allowed) == len(entry.allow) else ",".join(allowed) or "none")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("host")
     add.add_argument("port", type=int)
     add.add_argument("--description", default="")
+    flags = add.add_mutually_exclusive_group()
+    flags.add_argument("--deny", metavar="OPS",
+                       help="operations refused to this AE, comma-separated: echo,store,find,move,get,commitment")
+    flags.add_argument("--allow", metavar="OPS", help="the only operations allowed (the others are refused)")
     remove = ae_sub.add_parser("remove")
     remove.add_argument("name")
     ae_sub.add_parser("list")

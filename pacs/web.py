@@ -1,4 +1,4 @@
-"""The HTTP server's archive routes: ``/healthz``, ``/metrics``, ``/api/changes``.
+"""The HTTP server's archive routes: ``/healthz``, ``/metrics``, ``/api/changes``, ``/api/aes``.
 
 The DICOMweb routes (``dicomweb/``) are added to the same application by their own
 package. Blocking archive calls run in the default executor.
@@ -76,4 +76,7 @@ def create_app(archive: Archive) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/api/changes", changes)
+    from .web_aes import setup_ae_routes  # here: web_aes imports ARCHIVE from this module
+
+    setup_ae_routes(app)
     return app

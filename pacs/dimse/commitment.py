@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -35,6 +35,7 @@ from . import policy
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
+    from pynetdicom.dimse_primitives import N_ACTION
     from pynetdicom.events import Event
 
     from ..archive import Archive
@@ -107,7 +108,7 @@ def handle_n_action(event: Event, archive: Archive, worker: CommitmentWorker | N
     refused = policy.refusal(event, archive, "commitment")
     if refused is not None:
         return refused, None
-    request = event.request
+    request = cast("N_ACTION", event.request)
     if request.RequestedSOPClassUID != StorageCommitmentPushModel:
         return _status(NO_SUCH_SOP_CLASS, "only Storage Commitment Push Model supports N-ACTION"), None
     if request.RequestedSOPInstanceUID != WELL_KNOWN_INSTANCE:
@@ -217,6 +218,9 @@ class CommitmentWorker:
         while not self._stopping.is_set():
             try:
                 wait = self.run_once()
+            except StorageUnavailable as exc:
+                log.warning("storage commitment worker: %s; retrying", exc.reason)
+                wait = self.poll_interval
             except Exception:
                 log.exception("storage commitment worker failed; retrying")
                 wait = self.poll_interval

@@ -49,6 +49,9 @@ CACHE_SECONDS = 2.0
 #: PS3.7 C.5: Refused: Not Authorized.
 NOT_AUTHORIZED = 0x0124
 OPERATIONS = aes.OPERATIONS
+#: How a refused operation is named in the Error Comment.
+_VERBS = {"echo": "echo", "store": "store", "find": "query", "move": "retrieve (C-MOVE)",
+          "get": "retrieve (C-GET)", "commitment": "request storage commitment"}
 
 
 @dataclass(frozen=True)
@@ -130,5 +133,5 @@ def refusal(event: Event, archive: Archive, operation: str) -> Dataset | None:
     log.info("%s from %s (%s) refused by the AE policy", operation, calling, address)
     status = Dataset()
     status.Status = NOT_AUTHORIZED
-    status.ErrorComment = f"calling AE not allowed to {operation}"
+    status.ErrorComment = f"calling AE not allowed to {_VERBS[operation]}"
     return status
