@@ -1,7 +1,7 @@
 """C-FIND latency on an index of N studies, over one kept association (see bench/README.md).
 
 Fills a fresh archive with N studies (one small instance each, realistic attribute
-spread), starts the real server in-process on free ports, and times C-FIND queries sent
+spread), starts `pacs serve` as a separate process on free ports, and times C-FIND queries sent
 by a pynetdicom SCU over one association: PatientID, PatientName prefix wildcard, a
 31-day StudyDate range, AccessionNumber, ModalitiesInStudy. Reports p50/p95/max in ms.
 """
@@ -27,13 +27,14 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as F
 
 from pacs.settings import load_settings  # noqa: E402
 from tests.factory import make_ct, to_bytes  # noqa: E402
-from tests.servers import ThreadedServer  # noqa: E402
+from pacs.archive import Archive  # noqa: E402
+from tests.servers import ProcessServer  # noqa: E402
 
 SURNAMES = ["SMITH", "JONES", "MÜLLER", "GARCIA", "NGUYEN", "KOWALSKI", "ROSSI", "TANAKA", "OKAFOR", "DUBOIS"]
 MODALITIES = ["CT", "MR", "CR", "US", "PT", "DX"]
 
 
-def fill(server: ThreadedServer, studies: int, seed: int) -> None:
+def fill(archive: Archive, studies: int, seed: int) -> None:
     rng = random.Random(seed)
     start = date(2024, 1, 1)
     for i in range(studies):
@@ -43,7 +44,7 @@ def fill(server: ThreadedServer, studies: int, seed: int) -> None:
         ds.StudyDate = (start + timedelta(days=rng.randrange(730))).strftime("%Y%m%d")
         ds.AccessionNumber = f"ACC{i:07d}"
         ds.Modality = rng.choice(MODALITIES)
-        server.archive.ingest_bytes(to_bytes(ds), source="bench")
+        archive.ingest_bytes(to_bytes(ds), source="bench")
 
 
 def queries(rng: random.Random, studies: int) -> dict[str, list[dict[str, str]]]:
@@ -104,15 +105,19 @@ def main() -> int:
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "query.jsonl"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(env={}, data_dir=Path(tmp), database_url=args.database_url, dimse_port=0, http_port=0)
-        server = ThreadedServer(settings).start()
+        settings = load_settings(env={}, data_dir=Path(tmp) / "data", database_url=args.database_url)
+        archive = Archive(settings)
+        started = time.perf_counter()
+        fill(archive, args.studies, args.seed)
+        archive.close()
+        print(f"filled {args.studies} studies in {time.perf_counter() - started:.1f} s")
+        env = {"PACS_DATA_DIR": str(Path(tmp) / "data"), "PACS_DATABASE_URL": args.database_url}
+        server = ProcessServer(env, Path(tmp)).start()  # the server in its own process, as deployed
         try:
-            started = time.perf_counter()
-            fill(server, args.studies, args.seed)
-            print(f"filled {args.studies} studies in {time.perf_counter() - started:.1f} s")
-            results = time_queries(server.dimse_port, queries(random.Random(args.seed), args.studies), not args.no_nodelay)
+            results = time_queries(server.dimse_port, queries(random.Random(args.seed), args.studies),
+                                   not args.no_nodelay)
         finally:
-            server.stop()
+            server.terminate()
     print(f"{'query':22s} {'p50 ms':>8s} {'p95 ms':>8s} {'max ms':>8s} {'matches':>8s}")
     for name, r in results.items():
         print(f"{name:22s} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} {r['max_ms']:8.2f} {r['mean_matches']:8.1f}")
