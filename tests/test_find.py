@@ -166,3 +166,21 @@ def test_dcmtk_findscu(loaded, tmp_path: Path) -> None:
     assert _labels(labels, [str(a.StudyInstanceUID) for a in answers]) == {"S1", "S2", "S5"}
     counts = {_labels(labels, [str(a.StudyInstanceUID)]).pop(): int(a.NumberOfStudyRelatedInstances) for a in answers}
     assert counts == {"S1": 3, "S2": 2, "S5": 1}
+
+
+def test_find_denied_by_ae_policy(loaded) -> None:
+    from pacs import aes
+
+    server, _ = loaded
+    aes.add_ae(server.archive.db, "WORKSTATION", "127.0.0.1", 104, denied=["find"])
+    ae = AE(ae_title="WORKSTATION")
+    ae.add_requested_context(StudyRootFind)
+    assoc = ae.associate("127.0.0.1", server.dimse_port)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel, identifier.StudyInstanceUID = "STUDY", ""
+    responses = list(assoc.send_c_find(identifier, StudyRootFind))
+    assoc.release()
+    assert len(responses) == 1
+    assert responses[0][0].Status == 0x0124
+    assert responses[0][0].ErrorComment == "calling AE not allowed to query"
+    assert responses[0][1] is None

@@ -158,3 +158,24 @@ def test_cli_deny_and_allow(cli_env: Path, settings: Settings, capsys) -> None:
     assert any(line.startswith("CT1") and "allow=echo,move,get,commitment" in line for line in lines)
     assert any(line.startswith("WS1") and "allow=echo,move" in line for line in lines)
     assert any(line.startswith("ALL") and "allow=all" in line for line in lines)
+
+
+def test_registry_outage_keeps_last_copy(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pacs.errors import StorageUnavailable
+
+    aes.add_ae(archive.db, "CT1", "10.0.0.1", 104, denied=["store"])
+    clock = Clock()
+    policy = AEPolicy(archive.db, clock=clock)
+    assert not policy.is_allowed("CT1", "", "store")
+
+    def down() -> dict:
+        raise StorageUnavailable("index database unavailable")
+
+    monkeypatch.setattr(policy, "_load", down)
+    clock.now += 5
+    assert not policy.is_allowed("CT1", "", "store")  # decided from the last copy
+    assert policy.is_allowed("CT1", "", "echo")
+    fresh = AEPolicy(archive.db, clock=clock)
+    monkeypatch.setattr(fresh, "_load", down)
+    with pytest.raises(StorageUnavailable):
+        fresh.is_allowed("CT1", "", "echo")

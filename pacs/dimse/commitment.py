@@ -105,7 +105,10 @@ def handle_n_action(event: Event, archive: Archive, worker: CommitmentWorker | N
     unavailable. Every failure carries an Error Comment. (pynetdicom allows one
     ``EVT_N_ACTION`` handler: another N-ACTION service would dispatch on the SOP class here.)
     """
-    refused = policy.refusal(event, archive, "commitment")
+    try:
+        refused = policy.refusal(event, archive, "commitment")
+    except StorageUnavailable as exc:
+        return _status(RESOURCE_LIMITATION, exc.reason), None
     if refused is not None:
         return refused, None
     request = cast("N_ACTION", event.request)

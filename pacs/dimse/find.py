@@ -21,6 +21,7 @@ from pynetdicom.sop_class import (
 from ..errors import InvalidQuery, PacsError, error_comment
 from ..query import Level, Query, make_matcher, search
 from ..query.attributes import COMPUTED, MATCHABLE, UNIQUE_KEYS, attribute_level
+from .policy import refusal
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -118,10 +119,14 @@ def _response(body: dict[str, Any], tags: list[str], level: Level, ae_title: str
 def handle_find(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """C-FIND (PS3.4 C.4.1.2): yields (0xFF00, identifier) per match, then success.
 
-    Statuses: 0xA900 identifier does not match the SOP class (invalid level, missing
+    Statuses: 0x0124 calling AE not allowed to query (AE policy); 0xA900 identifier does not match the SOP class (invalid level, missing
     unique keys, keys below the level, unsupported matching), 0xC000 unable to process,
     0xFE00 cancelled (checked before every pending response).
     """
+    refused = refusal(event, archive, "find")
+    if refused is not None:
+        yield refused, None
+        return
     model = str(event.request.AffectedSOPClassUID)
     try:
         query, tags = query_from_identifier(event.identifier, model)

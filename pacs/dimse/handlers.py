@@ -38,7 +38,10 @@ def _status(code: int, comment: str = "") -> Dataset:
 def handle_echo(event: Event, archive: Archive | None = None) -> int | Dataset:
     """C-ECHO (PS3.4 A.4): Success (0x0000), or 0x0124 when the AE policy refuses the caller."""
     if archive is not None:
-        refused = policy.refusal(event, archive, "echo")
+        try:
+            refused = policy.refusal(event, archive, "echo")
+        except PacsError as exc:
+            return _status(PROCESSING_FAILURE, error_comment(exc))
         if refused is not None:
             return refused
     return SUCCESS
@@ -53,11 +56,11 @@ def handle_store(event: Event, archive: Archive) -> Dataset:
     with an Error Comment; 0x0124 when the AE policy refuses the caller (nothing stored).
     Never a success for an object that is not stored.
     """
-    refused = policy.refusal(event, archive, "store")
-    if refused is not None:
-        return refused
     calling = event.assoc.requestor.ae_title
     try:
+        refused = policy.refusal(event, archive, "store")
+        if refused is not None:
+            return refused
         result = archive.ingest_file(
             event.dataset_path,
             source="dimse",

@@ -34,6 +34,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 
 from .. import aes
+from ..errors import StorageUnavailable
 from ..index.models import RemoteAE
 
 if TYPE_CHECKING:
@@ -77,7 +78,8 @@ class AEPolicy:
         """May ``calling_ae`` (connecting from ``address``) use ``operation``?
 
         ``operation`` is one of echo, store, find, move, get, commitment. The address is
-        logged with refusals; it is not (yet) compared with the registered host.
+        logged with refusals; it is not (yet) compared with the registered host. Raises
+        :class:`StorageUnavailable` only when the registry was never readable.
         """
         if operation not in OPERATIONS:
             raise ValueError(f"unknown operation {operation!r}")
@@ -103,7 +105,15 @@ class AEPolicy:
         with self._lock:
             snap = self._snapshot
             if snap is None or now - snap.loaded_at >= self.cache_seconds or snap.generation != generation:
-                snap = _Snapshot(self._load(), now, generation)
+                try:
+                    flags = self._load()
+                except StorageUnavailable:
+                    if snap is None:
+                        raise
+                    # Keep deciding from the last registry seen; try the database again later.
+                    log.warning("AE registry unreadable; using the copy from %.0f s ago", now - snap.loaded_at)
+                    flags = snap.flags
+                snap = _Snapshot(flags, now, generation)
                 self._snapshot = snap
         return snap.flags
 

@@ -25,14 +25,20 @@ from pynetdicom import (
 )
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
     StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from . import commitment, handlers
 from .find import handle_find
+from .get import handle_get
+from .move import RetrieveAE, handle_move
 
 if TYPE_CHECKING:
     from ..archive import Archive
@@ -131,7 +137,7 @@ def preferred_transfer_syntaxes() -> list[str]:
 def build_ae(archive: Archive) -> AE:
     """An AE with our AE title, limits and presentation contexts."""
     settings = archive.settings
-    ae = AE(ae_title=settings.ae_title)
+    ae = RetrieveAE(ae_title=settings.ae_title)  # pynetdicom's AE + our C-MOVE sub-association
     ae.maximum_pdu_size = settings.max_pdu_size
     ae.maximum_associations = settings.max_associations
     ae.dimse_timeout = settings.dimse_timeout
@@ -140,9 +146,13 @@ def build_ae(archive: Archive) -> AE:
     ae.require_called_aet = settings.require_called_ae
     syntaxes = preferred_transfer_syntaxes()
     ae.add_supported_context(Verification, syntaxes)
+    # Role selection proposals are accepted as proposed (PS3.7 D.3.3.4): a C-GET requestor
+    # takes the SCP role so that we can send it the C-STORE sub-operations.
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, syntaxes)
-    for model in (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind):
+        ae.add_supported_context(context.abstract_syntax, syntaxes, scu_role=True, scp_role=True)
+    for model in (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind,
+                  PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove,
+                  PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet):
         ae.add_supported_context(model, syntaxes)
     # Storage Commitment (PS3.4 J.2.1, J.3.2): we are the SCP, the requestor the SCU; a role
     # selection proposal is answered "SCU yes, SCP no" (reports go on a new association).
@@ -171,6 +181,8 @@ class DimseServer:
             (evt.EVT_C_ECHO, handlers.handle_echo, [self.archive]),
             (evt.EVT_C_STORE, handlers.handle_store, [self.archive]),
             (evt.EVT_C_FIND, handle_find, [self.archive]),
+            (evt.EVT_C_MOVE, handle_move, [self.archive]),
+            (evt.EVT_C_GET, handle_get, [self.archive]),
             (evt.EVT_N_ACTION, commitment.handle_n_action, [self.archive, self.commitment]),
             (evt.EVT_ACCEPTED, handlers.handle_association_accepted),
             (evt.EVT_RELEASED, handlers.handle_association_closed),
