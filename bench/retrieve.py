@@ -11,7 +11,8 @@ folder on free loopback ports, then for each operation:
   from launch to exit;
 * ``get``: times ``getscu -S -od <run folder> -k ...`` the same way.
 
-Verification: the client exited 0 and the receiving side wrote exactly ``count`` files.
+Dirty pages are flushed (``sync``) before each operation. Verification: the client
+exited 0 and the receiving side wrote exactly ``count`` files.
 The server's CPU time over the operation and its peak RSS (``VmHWM``, whole life) and
 current RSS (``VmRSS``) before and after are read from ``/proc``. See bench/README.md.
 
@@ -182,6 +183,7 @@ def run_op(op: str, server: ServerProcess, study: str, count: int, run_dir: Path
     if op == "move":
         storescp, port = start_storescp(out_dir, pdu, run_dir)
         register_destination(Path(server.env_extra["PACS_DATA_DIR"]), port)
+    os.sync()  # earlier runs' dirty pages are not written back during this one
     rss_before = proc_status_kb(server.pid, "VmRSS") / 1000
     cpu_before = server.cpu_seconds()
     started = time.perf_counter()

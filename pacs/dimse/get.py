@@ -31,7 +31,7 @@ from pynetdicom.sop_class import (
 from .. import retrieve
 from ..errors import InvalidQuery, PacsError, StorageUnavailable
 from ..query import Level
-from ..retrieve import RetrieveFailure, RetrieveItem
+from ..retrieve import RetrieveItem
 from . import policy
 from .retrieve_status import C_GET_RSP, failure, rewrite_final_response
 
@@ -83,7 +83,7 @@ def dataset_for(archive: Archive, item: RetrieveItem, accepted: dict[str, list[s
         ds = retrieve.load_dataset(archive, item)
         if target != item.transfer_syntax_uid and UID(item.transfer_syntax_uid).is_compressed:
             ds = retrieve.transcode(ds, ExplicitVRLittleEndian)
-    except (RetrieveFailure, PacsError) as exc:
+    except PacsError as exc:  # RetrieveFailure, or the store unavailable
         log.info("C-GET sub-operation failed: %s", exc.reason)
         return unsendable(item)
     return ds
@@ -116,8 +116,10 @@ def handle_get(event: Event, archive: Archive) -> Iterator[Any]:
     AE policy, 0xA900 invalid identifier, 0xA701 index unavailable, 0xC000 unexpected
     error. A C-CANCEL is honoured before every sub-operation.
     """
+    calling = str(event.assoc.requestor.ae_title).strip()
     outcome = _items_or_refusal(event, archive)
     if not isinstance(outcome, list):
+        log.info("C-GET from %s: 0x%04X %s", calling, outcome.Status, outcome.ErrorComment)
         # The contract's only failure path after the count; the rewrite drops the unused
         # count and the empty failed list (pacs.dimse.retrieve_status).
         rewrite_final_response(event, outcome, C_GET_RSP)
@@ -125,7 +127,7 @@ def handle_get(event: Event, archive: Archive) -> Iterator[Any]:
         yield outcome, None
         return
     items = outcome
-    log.info("C-GET of %d instances requested by %s", len(items), str(event.assoc.requestor.ae_title).strip())
+    log.info("C-GET of %d instances requested by %s", len(items), calling)
     yield len(items)
     accepted = storage_syntaxes(event.assoc)
     for item in items:

@@ -15,9 +15,12 @@ Two departures, each in one place:
   ``send_c_store``, ``release``, ``dul.socket.close``) on a
   :class:`~pacs.dimse.scu.StoreAssociation`, which streams the stored bytes without
   decoding them and tells us exactly which transfer syntax the destination accepted per
-  presentation context (see :mod:`pacs.dimse.scu` for why: ~5x the throughput). The
+  presentation context (see :mod:`pacs.dimse.scu` for why: about twice the rate). The
   datasets we yield are therefore light references (SOP Class/Instance UID); the object
   is opened from the blob store only while it is sent, one at a time.
+  (pynetdicom alone could also tell us the accepted syntaxes: the destination's keyword
+  arguments may carry ``evt_handlers`` whose ``EVT_ACCEPTED`` handler sees the
+  sub-association; but its C-STORE of a decoded ``Dataset`` is the slow path we avoid.)
 * **Early failures carry an Error Comment** (:mod:`pacs.dimse.retrieve_status`).
 
 Proposed presentation contexts (at most 128, :func:`propose_contexts`): per SOP class
@@ -245,6 +248,7 @@ def handle_move(event: Event, archive: Archive) -> Iterator[Any]:
     before every sub-operation (0xFE00 with the counts and the failed UIDs so far).
     """
     destination = str(event.move_destination).strip()
+    calling = str(event.assoc.requestor.ae_title).strip()
     try:
         outcome = _items_or_refusal(event, archive)
         entry = aes.get_ae(archive.db, destination) if isinstance(outcome, list) else None
@@ -254,15 +258,14 @@ def handle_move(event: Event, archive: Archive) -> Iterator[Any]:
         log.exception("C-MOVE failed")
         outcome, entry = failure(UNABLE_TO_PROCESS, "internal error"), None
     if isinstance(outcome, list) and entry is None:
-        log.info("C-MOVE to unknown destination %s", destination)
         outcome = failure(DESTINATION_UNKNOWN, unknown_destination_comment(destination))
     if not isinstance(outcome, list):
+        log.info("C-MOVE from %s to %s: 0x%04X %s", calling, destination, outcome.Status, outcome.ErrorComment)
         rewrite_final_response(event, outcome, C_MOVE_RSP)
-        yield None, None
+        yield None, None  # pynetdicom's early exit; the rewrite sets the real status
         return
     items = outcome
-    log.info("C-MOVE of %d instances to %s requested by %s", len(items), destination,
-             str(event.assoc.requestor.ae_title).strip())
+    log.info("C-MOVE of %d instances to %s requested by %s", len(items), destination, calling)
     yield entry.host, entry.port, {"move_sender": MoveSender(event, archive, items)} if items else {}
     yield len(items)
     for item in items:

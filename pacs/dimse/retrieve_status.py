@@ -24,6 +24,7 @@ stays pynetdicom's. The handler unbinds itself after use.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
@@ -35,6 +36,17 @@ if TYPE_CHECKING:
     from pynetdicom.events import Event
 
 C_GET_RSP, C_MOVE_RSP = 0x8010, 0x8021
+
+
+class _NoUnknownDestinationNoise(logging.Filter):
+    """pynetdicom logs "Unknown Move Destination" at ERROR for every ``(None, None)``,
+    which is our early exit for all early failures; the handlers log the real reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Unknown Move Destination")
+
+
+logging.getLogger("pynetdicom.service_class").addFilter(_NoUnknownDestinationNoise())
 _COUNTS = ("NumberOfRemainingSuboperations", "NumberOfCompletedSuboperations",
            "NumberOfFailedSuboperations", "NumberOfWarningSuboperations")
 

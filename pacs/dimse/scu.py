@@ -6,12 +6,14 @@ objects whose dataset bytes are already encoded, streaming them from the blob st
 without decoding them.
 
 Why not pynetdicom's requestor: its C-STORE takes a decoded ``Dataset``, re-encodes it
-with pydicom and hands every PDU to the DUL thread through queues polled every
-millisecond. On this project's 2-core machine that caps a 512x512 CT series at
-~150-300 instances/s; sending the stored bytes directly reaches the rate of the
-receiving storescp (~1,100/s). The association is also where we learn, exactly, which
-transfer syntax the destination accepted for each presentation context, so an object is
-transcoded only when its own syntax was refused.
+with pydicom (~1 ms for a CT header) and hands every PDU to the DUL thread through
+queues polled every millisecond. On this project's 2-core machine a loop of pynetdicom
+C-STOREs reaches ~150-300 CT slices/s into dcmtk storescp, the same loop sending the
+stored bytes this way ~1,100/s (inside the C-MOVE SCP, whose pending responses
+pynetdicom still builds, about twice pynetdicom's rate: docs/performance.md). The
+association is also where we learn, exactly, which transfer syntax the destination
+accepted for each presentation context, so an object is transcoded only when its own
+syntax was refused.
 """
 
 from __future__ import annotations
@@ -27,9 +29,8 @@ APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA, RELEASE_RQ, RELEASE_RP, ABORT = range(1, 8)
 #: Largest PDV we send when the peer sets no limit (Maximum Length 0).
 UNLIMITED_PDV = 1 << 20
-#: Long-form value representations in explicit VR (PS3.5 7.1.2).
-_RESULTS = {1: "user-rejection", 2: "no-reason", 3: "abstract syntax not supported",
-            4: "transfer syntaxes not supported"}
+#: Largest PDU we read (we only receive association replies and C-STORE responses).
+MAX_INCOMING_PDU = 16 << 20
 
 
 class AssociationError(Exception):
@@ -158,7 +159,7 @@ class StoreAssociation:
         kind, body = self._read_pdu()
         if kind == ASSOCIATE_RJ:
             self.close()
-            result, source, reason = body[1], body[2], body[3] if len(body) >= 4 else (0, 0, 0)
+            result, source, reason = tuple(body[1:4]) if len(body) >= 4 else (0, 0, 0)
             raise AssociationError(f"association rejected (result {result}, source {source}, reason {reason})")
         if kind != ASSOCIATE_AC:
             self.close()
@@ -203,8 +204,9 @@ class StoreAssociation:
         """Send one C-STORE-RQ whose dataset is ``chunks`` (already encoded in the context's
         transfer syntax) and return the response's (Status, Error Comment).
 
-        Raises :class:`AssociationError` or OSError when the association breaks; it is
-        then aborted and no longer usable.
+        Any exception (:class:`AssociationError` or OSError when the association breaks, or
+        one raised by ``chunks`` midway) aborts the association, which is then unusable: a
+        half-sent message cannot be taken back.
         """
         if not self.is_established:
             raise AssociationError("association not established")
@@ -213,7 +215,7 @@ class StoreAssociation:
             self._send_pdvs(context.context_id, command, 0x03)
             self._send_dataset(context.context_id, chunks)
             return self._read_store_response(msg_id)
-        except (OSError, AssociationError):
+        except BaseException:
             self.abort()
             raise
 
@@ -294,8 +296,8 @@ class StoreAssociation:
     def _read_pdu(self) -> tuple[int, bytes]:
         header = self._recv_exact(6)
         kind, _, length = struct.unpack(">BBI", header)
-        if length > max(self.max_pdu, 1 << 20) + 1024 and kind != ASSOCIATE_AC:
-            raise AssociationError(f"PDU of {length} bytes exceeds our maximum")
+        if length > MAX_INCOMING_PDU:
+            raise AssociationError(f"PDU of {length} bytes from the destination")
         return kind, self._recv_exact(length)
 
     def _recv_exact(self, count: int) -> bytes:
