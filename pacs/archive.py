@@ -62,6 +62,12 @@ class Archive:
         """Ingest a Part 10 object held in memory."""
         return ingest_bytes(self, data, **kwargs)
 
+    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None):  # type: ignore[no-untyped-def]
+        """Delete a study, a series or an instance (see :mod:`pacs.delete`)."""
+        from .delete import delete_objects
+
+        return delete_objects(self, study_uid, series_uid, sop_uid)
+
     # -- events -------------------------------------------------------------------
     def changes(self, since: int, limit: int) -> list[ChangeEvent]:
         return read_changes(self.db, since, limit)

@@ -71,6 +71,17 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     return 0 if not summary.failed else 1
 
 
+def cmd_delete(args: argparse.Namespace) -> int:
+    archive = _archive(args)
+    try:
+        result = archive.delete(args.study, args.series, args.instance)
+    finally:
+        archive.close()
+    print(f"deleted {result.instances} instances"
+          + (", the study" if result.study_removed else f", {len(result.series_removed)} series"))
+    return 0
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     archive = _archive(args)  # migrates on open
     archive.close()
@@ -130,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("-q", "--quiet", action="store_true")
     sample.set_defaults(func=cmd_sample_data)
+
+    rm = sub.add_parser("delete", help="delete a study, a series or an instance")
+    rm.add_argument("study", help="StudyInstanceUID")
+    rm.add_argument("series", nargs="?", help="SeriesInstanceUID")
+    rm.add_argument("instance", nargs="?", help="SOPInstanceUID")
+    rm.set_defaults(func=cmd_delete)
 
     db = sub.add_parser("db", help="index database")
     db_sub = db.add_subparsers(dest="db_command", required=True)

@@ -148,7 +148,7 @@ def delete_empty(conn: Connection, study_pk: int) -> bool:
         Series.study_fk == study_pk,
         ~select(Instance.id).where(Instance.series_fk == Series.id).exists(),
     )
-    conn.execute(delete(Series).where(Series.id.in_(empty.scalar_subquery())))
+    conn.execute(delete(Series).where(Series.id.in_(empty)))
     left = conn.execute(select(func.count(Series.id)).where(Series.study_fk == study_pk)).scalar()
     if left:
         return False
