@@ -40,6 +40,7 @@ from pydicom.uid import (
 from .errors import InvalidQuery, PacsError
 from .index.models import Instance
 from .query import Level, Query, make_matcher
+from .query.model import level_of
 from .query.attributes import UNIQUE_KEYS
 from .query.sql import compile_query
 from .storage import BlobNotFound
@@ -91,17 +92,6 @@ def _values(identifier: Dataset, keyword: str) -> list[str] | None:
     return [v.strip() for v in str(value).split("\\")]
 
 
-def _level(identifier: Dataset, levels: tuple[Level, ...]) -> Level:
-    raw = str(identifier.get("QueryRetrieveLevel", "") or "").strip()
-    try:
-        level = Level(raw)
-    except ValueError:
-        raise InvalidQuery("QueryRetrieveLevel missing or invalid") from None
-    if level not in levels:
-        raise InvalidQuery(f"level {raw} is not in this information model")
-    return level
-
-
 def _unique_values(keyword: str, values: list[str] | None, allow_list: bool) -> list[str]:
     """Validate a unique key's values: present, no wildcard, one value unless a UID list."""
     if not values or not any(values):
@@ -121,7 +111,7 @@ def query_from_identifier(identifier: Dataset, levels: tuple[Level, ...]) -> Que
     missing or not in the model, a needed unique key is missing, empty or a pattern, or
     a unique key below the level is present (PS3.4 C.4.2.2.1, C.4.3.2.1).
     """
-    level = _level(identifier, levels)
+    level = level_of(identifier, levels)
     query = Query(Level.IMAGE)
     for upper in levels:
         keyword = UNIQUE_KEYS[upper]

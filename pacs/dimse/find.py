@@ -20,6 +20,7 @@ from pynetdicom.sop_class import (
 
 from ..errors import InvalidQuery, PacsError, error_comment
 from ..query import Level, Query, make_matcher, search
+from ..query.model import level_of
 from ..query.attributes import COMPUTED, MATCHABLE, UNIQUE_KEYS, attribute_level
 from .policy import refusal
 
@@ -51,17 +52,6 @@ def _values(elem: Any) -> list[str]:
     return [str(value)]
 
 
-def _level(identifier: Dataset, levels: tuple[Level, ...]) -> Level:
-    raw = str(identifier.get("QueryRetrieveLevel", "")).strip()
-    try:
-        level = Level(raw)
-    except ValueError:
-        raise InvalidQuery("QueryRetrieveLevel missing or invalid") from None
-    if level not in levels:
-        raise InvalidQuery(f"level {raw} is not in this information model")
-    return level
-
-
 def _check_unique_keys(query: Query, levels: tuple[Level, ...]) -> None:
     """PS3.4 C.4.1.2.1: each level above the query level needs its unique key."""
     for upper in levels:
@@ -78,7 +68,7 @@ def query_from_identifier(identifier: Dataset, model: str) -> tuple[Query, list[
     levels = MODELS.get(str(model))
     if levels is None:
         raise InvalidQuery("unsupported information model")
-    level = _level(identifier, levels)
+    level = level_of(identifier, levels)
     query, tags = Query(level), []
     for elem in identifier:
         keyword = elem.keyword or keyword_for_tag(elem.tag)

@@ -60,3 +60,18 @@ class Query:
 
     def matcher(self, keyword: str) -> Matcher | None:
         return next((m for m in self.matchers if m.keyword == keyword), None)
+
+
+def level_of(identifier: object, levels: tuple[Level, ...]) -> Level:
+    """The QueryRetrieveLevel of a DIMSE identifier (a pydicom Dataset), checked against
+    the levels of its information model (PS3.4 C.4.1.1.3, C.4.2.1.4)."""
+    from ..errors import InvalidQuery
+
+    raw = str(identifier.get("QueryRetrieveLevel", "") or "").strip()  # type: ignore[attr-defined]
+    try:
+        level = Level(raw)
+    except ValueError:
+        raise InvalidQuery("QueryRetrieveLevel missing or invalid") from None
+    if level not in levels:
+        raise InvalidQuery(f"level {raw} is not in this information model")
+    return level
