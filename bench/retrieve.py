@@ -35,6 +35,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from ingest_data import DATASETS, WORK_DIR, DataSet, ensure_dataset  # noqa: E402
 from ingest_report import append_jsonl, git_commit, machine_info  # noqa: E402
+from tests.servers import echo as echo_ok  # noqa: E402
 from ingest_servers import POLL_INTERVAL, ServerProcess, free_port, proc_status_kb  # noqa: E402
 
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "retrieve.jsonl"
@@ -119,22 +120,6 @@ def register_destination(archive_dir: Path, port: int) -> None:
             aes.add_ae(db, DESTINATION_AE, "127.0.0.1", port, "bench storescp")
     finally:
         db.dispose()
-
-
-def echo_ok(port: int, ae_title: str) -> bool:
-    """One C-ECHO to 127.0.0.1:``port``."""
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
-
-    ae = AE(ae_title=CALLING_AE)
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = 5
-    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
-    if not assoc.is_established:
-        return False
-    ok = assoc.send_c_echo().get("Status") == 0
-    assoc.release()
-    return ok
 
 
 def start_storescp(out_dir: Path, pdu: int, log_dir: Path) -> tuple[subprocess.Popen, int]:

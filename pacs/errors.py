@@ -68,11 +68,6 @@ class InvalidQuery(PacsError):
     http_status = 400
 
 
-def dimse_status(error: PacsError) -> int:
-    """DIMSE status for a domain error."""
-    return error.dimse_status
-
-
 def error_comment(error: Exception) -> str:
     """An Error Comment (0000,0902) value: LO, at most 64 characters."""
     text = str(error).replace("\\", "/").replace("\n", " ")

@@ -105,11 +105,6 @@ def read_changes(db: Database, since: int, limit: int) -> list[ChangeEvent]:
     ]
 
 
-def last_event_id(db: Database) -> int:
-    with db.read() as conn:
-        return int(conn.execute(select(EventCounter.last_id)).scalar() or 0)
-
-
 def sweep_stable(db: Database, quiet_seconds: float, now: float | None = None, batch: int = 200) -> int:
     """Emit SeriesStable and StudyStable for everything quiet since ``quiet_seconds``.
 

@@ -10,14 +10,6 @@ import re
 
 from .errors import InvalidInstance
 
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-
-
-def is_valid_uid(value: object) -> bool:
-    """True when ``value`` is a syntactically valid UID (PS3.5 9.1)."""
-    return isinstance(value, str) and 0 < len(value) <= 64 and _UID_RE.match(value) is not None
-
-
 def validate_uid(value: object, name: str) -> str:
     """Return ``value`` as a UID string or raise :class:`InvalidInstance` naming the attribute."""
     if value is None or value == "":

@@ -28,7 +28,7 @@ from pacs.index.models import Instance
 
 from .dcmtk import dcmtk_tool
 from .factory import dataset_part, make_ct, short_uid, to_bytes
-from .servers import ThreadedServer, free_port
+from .servers import ThreadedServer, echo, free_port
 
 SAMPLE_FILES = Path(__file__).resolve().parent.parent / "sample_data" / "files"
 UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
@@ -108,19 +108,6 @@ def failed_uids(identifier: Dataset | None) -> set[str]:
     """The Failed SOP Instance UID List of a response identifier, as a set."""
     value = identifier.get("FailedSOPInstanceUIDList", []) if identifier else []
     return {str(value)} if isinstance(value, str) else {str(v) for v in value}
-
-
-def echo(port: int, ae_title: str) -> bool:
-    """One C-ECHO; True when it succeeds."""
-    ae = AE(ae_title="PROBE")
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = 5
-    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
-    if not assoc.is_established:
-        return False
-    ok = assoc.send_c_echo().get("Status") == 0
-    assoc.release()
-    return ok
 
 
 class DcmtkStoreSCP:

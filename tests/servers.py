@@ -77,6 +77,22 @@ class ThreadedServer:
         return f"http://{self.settings.host}:{self.http_port}"
 
 
+def echo(port: int, ae_title: str = "PACS", calling_ae: str = "PROBE") -> bool:
+    """One C-ECHO to 127.0.0.1:``port``; True when it succeeds (readiness probe)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 5
+    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+    if not assoc.is_established:
+        return False
+    ok = assoc.send_c_echo().get("Status") == 0
+    assoc.release()
+    return ok
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -118,18 +134,7 @@ class ProcessServer:
 
     def _dimse_ready(self) -> bool:
         """A C-ECHO succeeds (a bare TCP probe would leave an acceptor waiting)."""
-        from pynetdicom import AE
-        from pynetdicom.sop_class import Verification
-
-        ae = AE(ae_title="PROBE")
-        ae.add_requested_context(Verification)
-        ae.acse_timeout = ae.network_timeout = 5
-        assoc = ae.associate("127.0.0.1", self.dimse_port)
-        if not assoc.is_established:
-            return False
-        ok = assoc.send_c_echo().get("Status") == 0
-        assoc.release()
-        return ok
+        return echo(self.dimse_port)
 
     def kill(self) -> None:
         assert self.proc is not None

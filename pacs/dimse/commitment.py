@@ -29,6 +29,7 @@ from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from .. import aes, commitment
+from .status import status_dataset
 from ..errors import PacsError, StorageUnavailable
 from ..uids import lenient_uid
 from . import policy
@@ -66,14 +67,6 @@ class InvalidRequest(PacsError):
     dimse_status = INVALID_ARGUMENT_VALUE
 
 
-def _status(code: int, comment: str = "") -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment[:64]
-    return ds
-
-
 def parse_request(info: Dataset) -> tuple[str, list[tuple[str, str]]]:
     """Transaction UID and (SOP Class UID, SOP Instance UID) pairs of an N-ACTION's Action
     Information (PS3.4 Table J.3-1); raises :class:`InvalidRequest` naming what is wrong."""
@@ -108,34 +101,34 @@ def handle_n_action(event: Event, archive: Archive, worker: CommitmentWorker | N
     try:
         refused = policy.refusal(event, archive, "commitment")
     except StorageUnavailable as exc:
-        return _status(RESOURCE_LIMITATION, exc.reason), None
+        return status_dataset(RESOURCE_LIMITATION, exc.reason), None
     if refused is not None:
         return refused, None
     request = cast("N_ACTION", event.request)
     if request.RequestedSOPClassUID != StorageCommitmentPushModel:
-        return _status(NO_SUCH_SOP_CLASS, "only Storage Commitment Push Model supports N-ACTION"), None
+        return status_dataset(NO_SUCH_SOP_CLASS, "only Storage Commitment Push Model supports N-ACTION"), None
     if request.RequestedSOPInstanceUID != WELL_KNOWN_INSTANCE:
-        return _status(NO_SUCH_SOP_INSTANCE, f"Requested SOP Instance must be {WELL_KNOWN_INSTANCE}"), None
+        return status_dataset(NO_SUCH_SOP_INSTANCE, f"Requested SOP Instance must be {WELL_KNOWN_INSTANCE}"), None
     if request.ActionTypeID != REQUEST_STORAGE_COMMITMENT:
-        return _status(NO_SUCH_ACTION, "Action Type ID must be 1 (request storage commitment)"), None
+        return status_dataset(NO_SUCH_ACTION, "Action Type ID must be 1 (request storage commitment)"), None
     calling = str(event.assoc.requestor.ae_title).strip()
     try:
         transaction, items = parse_request(event.action_information)
     except InvalidRequest as exc:
         log.info("storage commitment request from %s refused: %s", calling, exc.reason)
-        return _status(exc.dimse_status, exc.reason), None
+        return status_dataset(exc.dimse_status, exc.reason), None
     except Exception as exc:  # pydicom raises on first access to a malformed element
         log.info("storage commitment request from %s undecodable: %s", calling, type(exc).__name__)
-        return _status(PROCESSING_FAILURE, "Action Information cannot be decoded"), None
+        return status_dataset(PROCESSING_FAILURE, "Action Information cannot be decoded"), None
     try:
         _, created = commitment.record_request(archive.db, transaction, calling, items)
     except StorageUnavailable as exc:
-        return _status(RESOURCE_LIMITATION, exc.reason), None
+        return status_dataset(RESOURCE_LIMITATION, exc.reason), None
     log.info("storage commitment %s from %s: %d instance(s)%s", transaction, calling, len(items),
              "" if created else " (re-sent while pending)")
     if worker is not None:
         worker.wake()
-    return _status(SUCCESS), None
+    return status_dataset(SUCCESS), None
 
 
 def build_event_report(

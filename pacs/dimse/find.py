@@ -9,6 +9,7 @@ every key of the identifier is returned, filled from the archive where it holds 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -18,11 +19,12 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from ..errors import InvalidQuery, PacsError, error_comment
+from ..errors import InvalidQuery, PacsError
 from ..query import Level, Query, make_matcher, search
 from ..query.model import level_of
 from ..query.attributes import COMPUTED, MATCHABLE, UNIQUE_KEYS, attribute_level
 from .policy import refusal
+from .status import status_dataset
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -106,6 +108,20 @@ def _response(body: dict[str, Any], tags: list[str], level: Level, ae_title: str
     return ds
 
 
+#: Pending responses allowed to wait in pynetdicom's send queue.
+SEND_QUEUE_LIMIT = 4
+
+
+def _wait_for_sender(event: Event) -> None:
+    """Back-pressure: pynetdicom queues every response for its DUL thread without bound,
+    so a generator that outruns the network would queue a whole result set in memory and
+    finish before a C-CANCEL could be read. Wait until the queue is short (it reads
+    pynetdicom's ``dul.to_provider_queue``; no public API exposes it)."""
+    queue = getattr(getattr(event.assoc, "dul", None), "to_provider_queue", None)
+    while queue is not None and queue.qsize() > SEND_QUEUE_LIMIT and event.assoc.is_established:
+        time.sleep(0.0002)
+
+
 def handle_find(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """C-FIND (PS3.4 C.4.1.2): yields (0xFF00, identifier) per match, then success.
 
@@ -122,24 +138,18 @@ def handle_find(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset,
         query, tags = query_from_identifier(event.identifier, model)
         matches = list(search(archive.db, query, tags))
     except InvalidQuery as exc:
-        yield _failure(IDENTIFIER_INVALID, exc)
+        yield status_dataset(IDENTIFIER_INVALID, exc), None
         return
     except PacsError as exc:
-        yield _failure(exc.dimse_status if exc.dimse_status != 0xA700 else UNABLE_TO_PROCESS, exc)
+        yield status_dataset(exc.dimse_status if exc.dimse_status != 0xA700 else UNABLE_TO_PROCESS, exc), None
         return
     except Exception:
         log.exception("C-FIND failed")
         yield UNABLE_TO_PROCESS, None
         return
     for match in matches:
+        _wait_for_sender(event)
         if event.is_cancelled:
             yield CANCEL, None
             return
         yield PENDING, _response(match.json, tags, query.level, archive.settings.ae_title)
-
-
-def _failure(status: int, exc: Exception) -> tuple[Dataset, None]:
-    ds = Dataset()
-    ds.Status = status
-    ds.ErrorComment = error_comment(exc)
-    return ds, None

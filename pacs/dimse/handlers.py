@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from pydicom.dataset import Dataset
 
 from .. import metrics
+from .status import status_dataset
 from ..errors import PacsError, error_comment
 from . import policy
 
@@ -27,21 +28,13 @@ SUCCESS = 0x0000
 PROCESSING_FAILURE = 0x0110
 
 
-def _status(code: int, comment: str = "") -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment
-    return ds
-
-
 def handle_echo(event: Event, archive: Archive | None = None) -> int | Dataset:
     """C-ECHO (PS3.4 A.4): Success (0x0000), or 0x0124 when the AE policy refuses the caller."""
     if archive is not None:
         try:
             refused = policy.refusal(event, archive, "echo")
         except PacsError as exc:
-            return _status(PROCESSING_FAILURE, error_comment(exc))
+            return status_dataset(PROCESSING_FAILURE, error_comment(exc))
         if refused is not None:
             return refused
     return SUCCESS
@@ -70,15 +63,15 @@ def handle_store(event: Event, archive: Archive) -> Dataset:
         )
     except PacsError as exc:
         log.info("C-STORE from %s refused: %s (0x%04X)", calling, exc.reason, exc.dimse_status)
-        return _status(exc.dimse_status, error_comment(exc))
+        return status_dataset(exc.dimse_status, error_comment(exc))
     except Exception:
         log.exception("C-STORE from %s failed", calling)
-        return _status(PROCESSING_FAILURE, "internal error while storing")
+        return status_dataset(PROCESSING_FAILURE, "internal error while storing")
     if result.sop_instance_uid != event.request.AffectedSOPInstanceUID:
         # Stored, but the command named another instance: PS3.4 B.2.3 has no code for
         # this; the object is kept under the UID in its dataset.
         log.warning("C-STORE from %s: AffectedSOPInstanceUID differs from dataset", calling)
-    return _status(SUCCESS)
+    return status_dataset(SUCCESS)
 
 
 def handle_association_accepted(event: Event) -> None:

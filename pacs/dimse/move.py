@@ -47,6 +47,7 @@ from pynetdicom.sop_class import (
 )
 
 from .. import aes, retrieve
+from .status import status_dataset
 from ..errors import InvalidQuery, PacsError, StorageUnavailable
 from ..query import Level
 from ..retrieve import RetrieveFailure, RetrieveItem, TRANSCODE_TARGETS
@@ -115,14 +116,6 @@ def _reference(item: RetrieveItem) -> Dataset:
     return ds
 
 
-def _status(code: int, comment: str = "") -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment[:64]
-    return ds
-
-
 class MoveSender:
     """The sub-association of one C-MOVE, as pynetdicom's ``_move_scp`` uses it."""
 
@@ -162,7 +155,7 @@ class MoveSender:
         status when the object could not be sent (counted failed by pynetdicom)."""
         item: RetrieveItem = dataset.pacs_retrieve_item
         if not self.is_established:
-            return _status(SUBOPERATION_FAILED, "sub-association lost")
+            return status_dataset(SUBOPERATION_FAILED, "sub-association lost")
         try:
             context, chunks = self._payload(item)
             assert self.assoc is not None
@@ -170,11 +163,11 @@ class MoveSender:
                                                originator_aet=originator_aet, originator_id=originator_id)
         except RetrieveFailure as exc:
             log.info("C-MOVE sub-operation failed: %s", exc.reason)
-            return _status(SUBOPERATION_FAILED, exc.reason)
+            return status_dataset(SUBOPERATION_FAILED, exc.reason)
         except (OSError, AssociationError, PacsError) as exc:
             log.warning("C-MOVE sub-association to %s broken: %s", self.assoc.called_ae if self.assoc else "?", exc)
-            return _status(SUBOPERATION_FAILED, "sub-association lost")
-        return _status(status, comment)
+            return status_dataset(SUBOPERATION_FAILED, "sub-association lost")
+        return status_dataset(status, comment)
 
     def _payload(self, item: RetrieveItem) -> tuple[AcceptedContext, Iterator[bytes]]:
         """The context to use and the dataset bytes: as stored, or transcoded.

@@ -34,6 +34,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 
 from .. import aes
+from .status import status_dataset
 from ..errors import StorageUnavailable
 from ..index.models import RemoteAE
 
@@ -141,7 +142,4 @@ def refusal(event: Event, archive: Archive, operation: str) -> Dataset | None:
     if policy_of(archive).is_allowed(calling, address, operation):
         return None
     log.info("%s from %s (%s) refused by the AE policy", operation, calling, address)
-    status = Dataset()
-    status.Status = NOT_AUTHORIZED
-    status.ErrorComment = f"calling AE not allowed to {_VERBS[operation]}"
-    return status
+    return status_dataset(NOT_AUTHORIZED, f"calling AE not allowed to {_VERBS[operation]}")

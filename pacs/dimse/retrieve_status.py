@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 
-from ..errors import error_comment
+from .status import status_dataset
+
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -51,12 +52,8 @@ _COUNTS = ("NumberOfRemainingSuboperations", "NumberOfCompletedSuboperations",
            "NumberOfFailedSuboperations", "NumberOfWarningSuboperations")
 
 
-def failure(status: int, comment: str | Exception) -> Dataset:
-    """A status dataset with an Error Comment (LO, at most 64 characters)."""
-    ds = Dataset()
-    ds.Status = status
-    ds.ErrorComment = error_comment(comment) if isinstance(comment, Exception) else comment[:64]
-    return ds
+#: A failure status with an Error Comment (kept as the retrieve handlers' name).
+failure = status_dataset
 
 
 def rewrite_final_response(event: Event, status: Dataset, command_field: int) -> None:

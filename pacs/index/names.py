@@ -31,13 +31,6 @@ def normalise_pn(value: str | None) -> str:
     return text.rstrip("^= ")
 
 
-def person_name_text(value: object) -> str:
-    """The full text of a pydicom PersonName (all groups), '' for empty."""
-    if value is None:
-        return ""
-    return str(value)
-
-
 def normalise_time(value: str, *, upper: bool = False) -> str:
     """A TM value as ``HHMMSS.FFFFFF`` for range matching (PS3.4 C.2.2.2.5).
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -119,9 +119,3 @@ def compile_query(query: Query) -> Select:
     if query.limit is not None:
         stmt = stmt.limit(query.limit)
     return stmt
-
-
-def count_query(query: Query) -> Select:
-    """SELECT count(*) of the matches, ignoring paging."""
-    unpaged = Query(query.level, query.matchers, fuzzy=query.fuzzy)
-    return select(func.count()).select_from(compile_query(unpaged).order_by(None).subquery())
