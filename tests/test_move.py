@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-import threading
+import select
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -233,15 +233,16 @@ def test_cancel_mid_move(server: ThreadedServer) -> None:
     study, _, datasets = study_of_cts(12)
     for ds in datasets:
         store(server, ds)
-    server_ae = server._runner.app[DIMSE].ae  # type: ignore[union-attr]
-    cancel_seen = threading.Event()
+    dimse = server._runner.app[DIMSE]  # type: ignore[union-attr]
     holder: dict[str, Any] = {}
 
     def on_store(count: int) -> None:
         if count == 3:  # cancel while the third sub-operation is in flight
             holder["assoc"].send_c_cancel(11, query_model=StudyRootMove)
-            while not any(a.dimse.cancel_req for a in server_ae.active_associations):
-                cancel_seen.wait(0.01)  # polling for the server to register the C-CANCEL
+            # The server reads the C-CANCEL before the next sub-operation; hold this
+            # C-STORE's answer until the cancel is waiting on the server's socket.
+            sockets = [a.sock for a in list(dimse._associations) if a.requestor.ae_title == "WORKSTATION"]
+            assert select.select(sockets, [], [], 10)[0]
 
     scp = StoreSCP(on_store=on_store).start().register(server)
     try:

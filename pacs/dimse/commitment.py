@@ -1,6 +1,6 @@
 """Storage Commitment Push Model SCP (PS3.4 Annex J; SOP Class 1.2.840.10008.1.20.1).
 
-* :func:`handle_n_action` (``EVT_N_ACTION``): validates the request (PS3.4 J.3.2),
+* :func:`handle_n_action` (N-ACTION-RQ): validates the request (PS3.4 J.3.2),
   records it and answers at once (J.3.2.1.3: success means "received", not "committed").
 * :class:`CommitmentWorker` (a thread started and stopped with the DIMSE server): claims
   due requests (:mod:`pacs.commitment`), checks each referenced instance in the index, and
@@ -29,15 +29,15 @@ from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from .. import aes, commitment
-from .status import status_dataset
+from . import command as cmd
+from .status import Status, status_dataset
 from ..errors import PacsError, StorageUnavailable
 from ..uids import lenient_uid
 from . import policy
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
-    from pynetdicom.dimse_primitives import N_ACTION
-    from pynetdicom.events import Event
+    from .service import DimseRequest
 
     from ..archive import Archive
 
@@ -88,47 +88,51 @@ def parse_request(info: Dataset) -> tuple[str, list[tuple[str, str]]]:
     return transaction, items
 
 
-def handle_n_action(event: Event, archive: Archive, worker: CommitmentWorker | None = None) -> tuple[Dataset, None]:
+def handle_n_action(request: DimseRequest, worker: CommitmentWorker | None = None) -> None:
     """N-ACTION of the Storage Commitment Push Model (PS3.4 J.3.2; statuses PS3.7 10.1.4.1.10, C.4).
 
     0x0000 request recorded (the result follows by N-EVENT-REPORT); 0x0124 the AE policy
     refuses the caller; 0x0118 another SOP class; 0x0112 not the well-known SOP Instance;
     0x0123 Action Type ID other than 1; 0x0115 Transaction UID or Referenced SOP Sequence
     missing or invalid; 0x0110 the Action Information cannot be decoded; 0x0213 the index is
-    unavailable. Every failure carries an Error Comment. (pynetdicom allows one
-    ``EVT_N_ACTION`` handler: another N-ACTION service would dispatch on the SOP class here.)
+    unavailable. Every failure carries an Error Comment.
     """
+    action_type = request.command.us(cmd.ACTION_TYPE_ID)
+    request.respond(_n_action_status(request, action_type, worker), extra={cmd.ACTION_TYPE_ID: action_type})
+
+
+def _n_action_status(request: DimseRequest, action_type: int | None, worker: CommitmentWorker | None) -> Status:
+    archive = request.archive
     try:
-        refused = policy.refusal(event, archive, "commitment")
+        refused = policy.refusal(request, archive, "commitment")
     except StorageUnavailable as exc:
-        return status_dataset(RESOURCE_LIMITATION, exc.reason), None
+        return status_dataset(RESOURCE_LIMITATION, exc.reason)
     if refused is not None:
-        return refused, None
-    request = cast("N_ACTION", event.request)
-    if request.RequestedSOPClassUID != StorageCommitmentPushModel:
-        return status_dataset(NO_SUCH_SOP_CLASS, "only Storage Commitment Push Model supports N-ACTION"), None
-    if request.RequestedSOPInstanceUID != WELL_KNOWN_INSTANCE:
-        return status_dataset(NO_SUCH_SOP_INSTANCE, f"Requested SOP Instance must be {WELL_KNOWN_INSTANCE}"), None
-    if request.ActionTypeID != REQUEST_STORAGE_COMMITMENT:
-        return status_dataset(NO_SUCH_ACTION, "Action Type ID must be 1 (request storage commitment)"), None
-    calling = str(event.assoc.requestor.ae_title).strip()
+        return refused
+    if request.command.sop_class != StorageCommitmentPushModel:
+        return status_dataset(NO_SUCH_SOP_CLASS, "only Storage Commitment Push Model supports N-ACTION")
+    if request.command.text(cmd.REQUESTED_SOP_INSTANCE) != WELL_KNOWN_INSTANCE:
+        return status_dataset(NO_SUCH_SOP_INSTANCE, f"Requested SOP Instance must be {WELL_KNOWN_INSTANCE}")
+    if action_type != REQUEST_STORAGE_COMMITMENT:
+        return status_dataset(NO_SUCH_ACTION, "Action Type ID must be 1 (request storage commitment)")
+    calling = request.calling_ae
     try:
-        transaction, items = parse_request(event.action_information)
+        transaction, items = parse_request(request.identifier())
     except InvalidRequest as exc:
         log.info("storage commitment request from %s refused: %s", calling, exc.reason)
-        return status_dataset(exc.dimse_status, exc.reason), None
+        return status_dataset(exc.dimse_status, exc.reason)
     except Exception as exc:  # pydicom raises on first access to a malformed element
         log.info("storage commitment request from %s undecodable: %s", calling, type(exc).__name__)
-        return status_dataset(PROCESSING_FAILURE, "Action Information cannot be decoded"), None
+        return status_dataset(PROCESSING_FAILURE, "Action Information cannot be decoded")
     try:
         _, created = commitment.record_request(archive.db, transaction, calling, items)
     except StorageUnavailable as exc:
-        return status_dataset(RESOURCE_LIMITATION, exc.reason), None
+        return status_dataset(RESOURCE_LIMITATION, exc.reason)
     log.info("storage commitment %s from %s: %d instance(s)%s", transaction, calling, len(items),
              "" if created else " (re-sent while pending)")
     if worker is not None:
         worker.wake()
-    return status_dataset(SUCCESS), None
+    return status_dataset(SUCCESS)
 
 
 def build_event_report(

@@ -9,8 +9,7 @@ every key of the identifier is returned, filled from the archive where it holds 
 from __future__ import annotations
 
 import logging
-import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
@@ -24,16 +23,16 @@ from ..query import Level, Query, make_matcher, search
 from ..query.model import level_of
 from ..query.attributes import COMPUTED, MATCHABLE, UNIQUE_KEYS, attribute_level
 from .policy import refusal
-from .status import status_dataset
+from .status import CANCEL, PENDING, SUCCESS, Status, status
 
 if TYPE_CHECKING:
-    from pynetdicom.events import Event
+    from ..query.run import Match
+    from .service import DimseRequest
 
     from ..archive import Archive
 
 log = logging.getLogger(__name__)
 
-PENDING, CANCEL, SUCCESS = 0xFF00, 0xFE00, 0x0000
 IDENTIFIER_INVALID, UNABLE_TO_PROCESS = 0xA900, 0xC000
 #: Elements of the identifier that are not matching or return keys (PS3.4 C.4.1.1.3).
 CONTROL_KEYWORDS = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle",
@@ -108,48 +107,39 @@ def _response(body: dict[str, Any], tags: list[str], level: Level, ae_title: str
     return ds
 
 
-#: Pending responses allowed to wait in pynetdicom's send queue.
-SEND_QUEUE_LIMIT = 4
+def handle_find(request: DimseRequest) -> None:
+    """C-FIND (PS3.4 C.4.1.2): a pending response (0xFF00) per match, then success.
 
-
-def _wait_for_sender(event: Event) -> None:
-    """Back-pressure: pynetdicom queues every response for its DUL thread without bound,
-    so a generator that outruns the network would queue a whole result set in memory and
-    finish before a C-CANCEL could be read. Wait until the queue is short (it reads
-    pynetdicom's ``dul.to_provider_queue``; no public API exposes it)."""
-    queue = getattr(getattr(event.assoc, "dul", None), "to_provider_queue", None)
-    while queue is not None and queue.qsize() > SEND_QUEUE_LIMIT and event.assoc.is_established:
-        time.sleep(0.0002)
-
-
-def handle_find(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-    """C-FIND (PS3.4 C.4.1.2): yields (0xFF00, identifier) per match, then success.
-
-    Statuses: 0x0124 calling AE not allowed to query (AE policy); 0xA900 identifier does not match the SOP class (invalid level, missing
-    unique keys, keys below the level, unsupported matching), 0xC000 unable to process,
-    0xFE00 cancelled (checked before every pending response).
+    Statuses: 0x0124 calling AE not allowed to query (AE policy); 0xA900 identifier does
+    not match the SOP class (invalid level, missing unique keys, keys below the level,
+    unsupported matching), 0xC000 unable to process, 0xFE00 cancelled (checked before
+    every pending response).
     """
-    refused = refusal(event, archive, "find")
+    archive = request.archive
+    outcome = _matches_or_failure(request)
+    if isinstance(outcome, Status):
+        request.respond(outcome)
+        return
+    query, tags, matches = outcome
+    for match in matches:
+        if request.cancelled():
+            request.respond(Status(CANCEL))
+            return
+        request.respond(Status(PENDING), dataset=_response(match.json, tags, query.level, archive.settings.ae_title))
+    request.respond(Status(SUCCESS))
+
+
+def _matches_or_failure(request: DimseRequest) -> Status | tuple[Query, list[str], list[Match]]:
+    refused = refusal(request, request.archive, "find")
     if refused is not None:
-        yield refused, None
-        return
-    model = str(event.request.AffectedSOPClassUID)
+        return refused
     try:
-        query, tags = query_from_identifier(event.identifier, model)
-        matches = list(search(archive.db, query, tags))
+        query, tags = query_from_identifier(request.identifier(), request.sop_class)
+        return query, tags, list(search(request.archive.db, query, tags))
     except InvalidQuery as exc:
-        yield status_dataset(IDENTIFIER_INVALID, exc), None
-        return
+        return status(IDENTIFIER_INVALID, exc)
     except PacsError as exc:
-        yield status_dataset(exc.dimse_status if exc.dimse_status != 0xA700 else UNABLE_TO_PROCESS, exc), None
-        return
+        return status(exc.dimse_status if exc.dimse_status != 0xA700 else UNABLE_TO_PROCESS, exc)
     except Exception:
         log.exception("C-FIND failed")
-        yield UNABLE_TO_PROCESS, None
-        return
-    for match in matches:
-        _wait_for_sender(event)
-        if event.is_cancelled:
-            yield CANCEL, None
-            return
-        yield PENDING, _response(match.json, tags, query.level, archive.settings.ae_title)
+        return status(UNABLE_TO_PROCESS, "internal error")

@@ -1,8 +1,6 @@
-"""pynetdicom event handlers: translate DIMSE requests into archive calls.
+"""C-ECHO and C-STORE: the DIMSE requests that go straight into the archive.
 
-Each handler's contract follows pynetdicom's ``_handlers.doc_handle_*``; the statuses a
-handler can answer are listed in its docstring. Domain errors map to statuses in one
-place, :mod:`pacs.errors`.
+Domain errors map to statuses in one place, :mod:`pacs.errors`.
 """
 
 from __future__ import annotations
@@ -10,37 +8,29 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from pydicom.dataset import Dataset
-
-from .. import metrics
-from .status import status_dataset
-from ..errors import PacsError, error_comment
+from . import command as cmd
 from . import policy
+from ..errors import PacsError, error_comment
+from .status import SUCCESS, Status
 
 if TYPE_CHECKING:
-    from pynetdicom.events import Event
-
-    from ..archive import Archive
+    from .service import DimseRequest
 
 log = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
 PROCESSING_FAILURE = 0x0110
 
 
-def handle_echo(event: Event, archive: Archive | None = None) -> int | Dataset:
+def handle_echo(request: DimseRequest) -> None:
     """C-ECHO (PS3.4 A.4): Success (0x0000), or 0x0124 when the AE policy refuses the caller."""
-    if archive is not None:
-        try:
-            refused = policy.refusal(event, archive, "echo")
-        except PacsError as exc:
-            return status_dataset(PROCESSING_FAILURE, error_comment(exc))
-        if refused is not None:
-            return refused
-    return SUCCESS
+    try:
+        refused = policy.refusal(request, request.archive, "echo")
+    except PacsError as exc:
+        refused = Status(PROCESSING_FAILURE, error_comment(exc))
+    request.respond(refused or Status(SUCCESS))
 
 
-def handle_store(event: Event, archive: Archive) -> Dataset:
+def handle_store(request: DimseRequest) -> None:
     """C-STORE (PS3.4 B.2.3) through the one ingest path.
 
     Statuses: 0x0000 stored (also for an identical re-send); 0xA700 out of resources
@@ -49,39 +39,29 @@ def handle_store(event: Event, archive: Archive) -> Dataset:
     with an Error Comment; 0x0124 when the AE policy refuses the caller (nothing stored).
     Never a success for an object that is not stored.
     """
-    calling = event.assoc.requestor.ae_title
+    request.respond(_store(request))
+
+
+def _store(request: DimseRequest) -> Status:
+    calling = request.calling_ae
     try:
-        refused = policy.refusal(event, archive, "store")
+        refused = policy.refusal(request, request.archive, "store")
         if refused is not None:
             return refused
-        result = archive.ingest_file(
-            event.dataset_path,
-            source="dimse",
-            calling_ae=calling,
-            expected_sop_class=event.request.AffectedSOPClassUID,
-            consume=True,
+        if request.context.abstract_syntax != request.sop_class:
+            return Status(0xA900, "Affected SOP Class differs from the presentation context")
+        result = request.archive.ingest_file(
+            request.dataset_path, source="dimse", calling_ae=calling,
+            expected_sop_class=request.sop_class, consume=True,
         )
     except PacsError as exc:
         log.info("C-STORE from %s refused: %s (0x%04X)", calling, exc.reason, exc.dimse_status)
-        return status_dataset(exc.dimse_status, error_comment(exc))
+        return Status(exc.dimse_status, error_comment(exc))
     except Exception:
         log.exception("C-STORE from %s failed", calling)
-        return status_dataset(PROCESSING_FAILURE, "internal error while storing")
-    if result.sop_instance_uid != event.request.AffectedSOPInstanceUID:
+        return Status(PROCESSING_FAILURE, "internal error while storing")
+    if result.sop_instance_uid != request.command.text(cmd.AFFECTED_SOP_INSTANCE):
         # Stored, but the command named another instance: PS3.4 B.2.3 has no code for
         # this; the object is kept under the UID in its dataset.
         log.warning("C-STORE from %s: AffectedSOPInstanceUID differs from dataset", calling)
-    return status_dataset(SUCCESS)
-
-
-def handle_association_accepted(event: Event) -> None:
-    metrics.ASSOCIATIONS_TOTAL.inc()
-    metrics.ASSOCIATIONS_ACTIVE.inc()
-
-
-def handle_association_closed(event: Event) -> None:
-    metrics.ASSOCIATIONS_ACTIVE.dec()
-
-
-def handle_association_rejected(event: Event) -> None:
-    metrics.ASSOCIATIONS_REJECTED.inc()
+    return Status(SUCCESS)

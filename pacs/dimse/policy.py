@@ -30,16 +30,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from pydicom.dataset import Dataset
 from sqlalchemy import select
 
 from .. import aes
-from .status import status_dataset
+from .status import Status, status_dataset
 from ..errors import StorageUnavailable
 from ..index.models import RemoteAE
 
 if TYPE_CHECKING:
-    from pynetdicom.events import Event
+    from .service import DimseRequest
 
     from ..archive import Archive
     from ..index.db import Database
@@ -130,15 +129,10 @@ def policy_of(archive: Archive) -> AEPolicy:
     return archive.policy
 
 
-def _requestor(event: Event) -> tuple[str, str]:
-    requestor = event.assoc.requestor
-    return str(requestor.ae_title).strip(), str(requestor.address)
-
-
-def refusal(event: Event, archive: Archive, operation: str) -> Dataset | None:
-    """None when the event's calling AE may use ``operation``; else the 0x0124 status
+def refusal(request: DimseRequest, archive: Archive, operation: str) -> Status | None:
+    """None when the request's calling AE may use ``operation``; else the 0x0124 status
     (with an Error Comment) to answer, after an INFO log line (AE title and address only)."""
-    calling, address = _requestor(event)
+    calling, address = request.calling_ae, request.assoc.requestor.address
     if policy_of(archive).is_allowed(calling, address, operation):
         return None
     log.info("%s from %s (%s) refused by the AE policy", operation, calling, address)

@@ -24,9 +24,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-#: PDU types (PS3.8 9.3.1).
-ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA, RELEASE_RQ, RELEASE_RP, ABORT = range(1, 8)
+from .pdu import (
+    ABORT, APPLICATION_CONTEXT, ASSOCIATE_AC, ASSOCIATE_RJ, ASSOCIATE_RQ, P_DATA, RELEASE_RP,
+    ae_title as _ae, element as _element, item as _item, parse_command, sub_items as _sub_items,
+    uid_value as _uid,
+)
+from .pdu import abort as abort_pdu, release_rq
+
 #: Largest PDV we send when the peer sets no limit (Maximum Length 0).
 UNLIMITED_PDV = 1 << 20
 #: Largest PDU we read (we only receive association replies and C-STORE responses).
@@ -44,22 +48,12 @@ class AcceptedContext:
     transfer_syntax: str
 
 
-def _item(kind: int, payload: bytes) -> bytes:
-    return struct.pack(">BBH", kind, 0, len(payload)) + payload
 
 
-def _ae(title: str) -> bytes:
-    return title.encode("ascii", "replace")[:16].ljust(16, b" ")
 
 
-def _uid(value: str) -> bytes:
-    raw = value.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
 
 
-def _element(group: int, element: int, value: bytes) -> bytes:
-    """An Implicit VR Little Endian element (command sets, PS3.7 6.3.1)."""
-    return struct.pack("<HHI", group, element, len(value)) + value
 
 
 def associate_rq(calling: str, called: str, contexts: list[tuple[str, list[str]]],
@@ -78,12 +72,6 @@ def associate_rq(calling: str, called: str, contexts: list[tuple[str, list[str]]
     return struct.pack(">BBI", ASSOCIATE_RQ, 0, len(body)) + body
 
 
-def _sub_items(data: bytes) -> Iterator[tuple[int, bytes]]:
-    pos = 0
-    while pos + 4 <= len(data):
-        kind, _, length = struct.unpack_from(">BBH", data, pos)
-        yield kind, data[pos + 4:pos + 4 + length]
-        pos += 4 + length
 
 
 def parse_associate_ac(body: bytes, proposed: list[tuple[str, list[str]]]) -> tuple[list[AcceptedContext], int]:
@@ -118,14 +106,6 @@ def c_store_rq(msg_id: int, sop_class: str, sop_instance: str,
     return _element(0, 0x0000, struct.pack("<I", len(body))) + body
 
 
-def parse_command(data: bytes) -> dict[int, bytes]:
-    """Element (0000,eeee) -> raw value of an Implicit VR LE command set."""
-    values, pos = {}, 0
-    while pos + 8 <= len(data):
-        _, element, length = struct.unpack_from("<HHI", data, pos)
-        values[element] = data[pos + 8:pos + 8 + length]
-        pos += 8 + length
-    return values
 
 
 class StoreAssociation:
@@ -173,7 +153,7 @@ class StoreAssociation:
         if self.is_established and self._sock is not None:
             self.is_established = False
             try:
-                self._sock.sendall(struct.pack(">BBIL", RELEASE_RQ, 0, 4, 0))
+                self._sock.sendall(release_rq())
                 while self._read_pdu()[0] not in (RELEASE_RP, ABORT):
                     pass
             except (OSError, AssociationError):
@@ -184,7 +164,7 @@ class StoreAssociation:
         """A-ABORT from the service user (PS3.8 7.3), then close."""
         if self._sock is not None and self.is_established:
             try:
-                self._sock.sendall(struct.pack(">BBIBBBB", ABORT, 0, 4, 0, 0, 0, 0))
+                self._sock.sendall(abort_pdu())
             except OSError:
                 pass
         self.is_established = False

@@ -1,28 +1,32 @@
-"""The DIMSE server: Verification and every Storage SOP class pynetdicom knows.
+"""The DIMSE acceptor: Verification, every Storage SOP class, Query/Retrieve, Storage Commitment.
 
-Each storage SOP class is offered with every transfer syntax pynetdicom knows
-(uncompressed, deflate, RLE, JPEG family, JPEG-LS, JPEG 2000, HTJ2K, MPEG, HEVC); the
-bytes are stored as received, pixel data never decoded. Received datasets are streamed
-to a file on the blob folder's filesystem (``STORE_RECV_CHUNKED_DATASET``), so memory
-stays flat whatever the object size, and storing the object is a rename.
+Our own upper layer (:mod:`pacs.dimse.association`): one thread per association, a
+blocking socket, each message handled and answered in that thread. pynetdicom supplies
+the SOP class and transfer syntax tables and the association negotiation; it stays the
+requestor for storage commitment reports. Each storage SOP class is offered with every
+transfer syntax pynetdicom knows (uncompressed, deflate, RLE, JPEG family, JPEG-LS,
+JPEG 2000, HTJ2K, MPEG, HEVC); the bytes are stored as received, pixel data never
+decoded. Received data sets are streamed to a file on the blob folder's filesystem, so
+memory stays flat whatever the object size, and storing the object is a rename.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from pynetdicom import (
-    ALL_TRANSFER_SYNTAXES,
-    AE,
-    AllStoragePresentationContexts,
-    _config,
-    evt,
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
 )
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -33,199 +37,210 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from . import commitment, handlers
+from .. import metrics
+from . import command as cmd
+from . import commitment, handlers, pdu
+from .association import Association, AssociationClosed, ProtocolError, supported_contexts
 from .find import handle_find
 from .get import handle_get
-from .move import RetrieveAE, handle_move
+from .move import handle_move
+from .service import Dispatcher
 
 if TYPE_CHECKING:
     from ..archive import Archive
 
 log = logging.getLogger(__name__)
 
+#: Transfer syntaxes of the non-storage services: their data sets are small identifiers.
+UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+#: Largest identifier or action information accepted in memory.
+MAX_IDENTIFIER_SIZE = 16 << 20
 
-def configure_pynetdicom() -> None:
-    """Process-wide pynetdicom settings: no identifiers in logs, stream received data."""
-    _config.LOG_REQUEST_IDENTIFIERS = False
-    _config.LOG_RESPONSE_IDENTIFIERS = False
-    _config.LOG_HANDLER_LEVEL = "none"
-    _config.STORE_RECV_CHUNKED_DATASET = True
+
+def configure_logging() -> None:
+    """pynetdicom (used as a requestor) must not log identifiers: WARNING and above only."""
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-
-
-_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
-
-
-class FastAssociationSocket(AssociationSocket):
-    """pynetdicom's socket with a faster receive path.
-
-    pynetdicom reads a PDU in 4 KiB ``recv()`` calls appended to a growing bytearray
-    (128 calls and copies for a 512 KiB CT slice). This reads straight into one buffer of
-    the PDU's size. It also re-arms TCP_QUICKACK (Linux) after each read: a peer whose
-    socket has Nagle on sends a message's second PDU only once the first is ACKed, and a
-    delayed ACK stalls every request by ~40 ms.
-    """
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        sock = self.socket
-        assert sock is not None
-        buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
-        received = 0
-        while received < nr_bytes:
-            count = sock.recv_into(view[received:], nr_bytes - received)
-            if not count:  # connection closed: return what arrived, as pynetdicom does
-                del view
-                return buffer[:received]
-            received += count
-        if _QUICKACK is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-            except OSError:
-                pass
-        return buffer
-
-
-class PacsRequestHandler(RequestHandler):
-    """pynetdicom's request handler, giving each association a :class:`FastAssociationSocket`."""
-
-    def _create_association(self):  # type: ignore[no-untyped-def]
-        assoc = super()._create_association()
-        assoc.dul.socket.__class__ = FastAssociationSocket
-        return assoc
-
-
-class PacsAssociationServer(ThreadedAssociationServer):
-    """Sets TCP_NODELAY on every accepted socket (without it each DIMSE message can stall
-    ~40 ms on delayed ACKs) and optionally SO_REUSEPORT so several processes share a port."""
-
-    reuse_port = False
-
-    def server_bind(self) -> None:
-        if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        client, address = super().get_request()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return client, address
 
 
 def preferred_transfer_syntaxes() -> list[str]:
     """Every transfer syntax pynetdicom knows, in the order we accept them.
 
-    pynetdicom accepts, per presentation context, the first of *our* syntaxes that the
-    requestor proposed. Explicit VR Little Endian comes first (no information lost, no
-    transcoding by the sender), then the encapsulated syntaxes so a compressed object is
-    kept as the modality holds it, then Deflate, Implicit VR and Big Endian.
+    Per presentation context the first of *our* syntaxes that the requestor proposed is
+    accepted. Explicit VR Little Endian comes first (no information lost, no transcoding
+    by the sender), then the encapsulated syntaxes so a compressed object is kept as the
+    modality holds it, then Deflate, Implicit VR and Big Endian.
     """
-    from pydicom.uid import (
-        DeflatedExplicitVRLittleEndian,
-        ExplicitVRBigEndian,
-        ExplicitVRLittleEndian,
-        ImplicitVRLittleEndian,
-    )
-
     tail = [DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
     middle = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in tail and ts != ExplicitVRLittleEndian]
     return [ExplicitVRLittleEndian, *middle, *[ts for ts in tail if ts in ALL_TRANSFER_SYNTAXES]]
 
 
-def build_ae(archive: Archive) -> AE:
-    """An AE with our AE title, limits and presentation contexts."""
-    settings = archive.settings
-    ae = RetrieveAE(ae_title=settings.ae_title)  # pynetdicom's AE + our C-MOVE sub-association
-    ae.maximum_pdu_size = settings.max_pdu_size
-    ae.maximum_associations = settings.max_associations
-    ae.dimse_timeout = settings.dimse_timeout
-    ae.network_timeout = settings.network_timeout
-    ae.acse_timeout = 30
-    ae.require_called_aet = settings.require_called_ae
-    syntaxes = preferred_transfer_syntaxes()
-    ae.add_supported_context(Verification, syntaxes)
-    # Role selection proposals are accepted as proposed (PS3.7 D.3.3.4): a C-GET requestor
-    # takes the SCP role so that we can send it the C-STORE sub-operations.
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, syntaxes, scu_role=True, scp_role=True)
+def context_table() -> list[tuple[str, list[str], bool, bool]]:
+    """(abstract syntax, transfer syntaxes, SCU role, SCP role) of every context we accept.
+
+    Role selection proposals on storage contexts are accepted as proposed (PS3.7 D.3.3.4):
+    a C-GET requestor takes the SCP role so that we can send it the C-STORE
+    sub-operations. Storage Commitment: we are the SCP; a role proposal is answered
+    "SCU yes, SCP no" (reports go on a new association, PS3.4 J.3.3).
+    """
+    storage = preferred_transfer_syntaxes()
+    table = [(str(Verification), UNCOMPRESSED, False, False)]
+    table += [(str(c.abstract_syntax), storage, True, True) for c in AllStoragePresentationContexts]
     for model in (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind,
                   PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove,
                   PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet):
-        ae.add_supported_context(model, syntaxes)
-    # Storage Commitment (PS3.4 J.2.1, J.3.2): we are the SCP, the requestor the SCU; a role
-    # selection proposal is answered "SCU yes, SCP no" (reports go on a new association).
-    ae.add_supported_context(StorageCommitmentPushModel, commitment.TRANSFER_SYNTAXES,
-                             scu_role=True, scp_role=False)
-    return ae
+        table.append((str(model), UNCOMPRESSED, False, False))
+    table.append((str(StorageCommitmentPushModel), list(commitment.TRANSFER_SYNTAXES), True, False))
+    return table
+
+
+@dataclass(frozen=True)
+class AcceptorConfig:
+    """What every association of one server shares."""
+
+    ae_title: str
+    max_pdu: int
+    max_associations: int
+    acse_timeout: float
+    dimse_timeout: float
+    network_timeout: float
+    require_called_ae: bool
+    incoming_dir: str
+    supported_contexts: list[PresentationContext] = field(repr=False)
+    max_identifier_size: int = MAX_IDENTIFIER_SIZE
 
 
 class DimseServer:
-    """Runs the DIMSE acceptor in background threads next to the HTTP server."""
+    """Listens for associations and serves each in a thread of its own."""
 
     def __init__(self, archive: Archive, *, reuse_port: bool = False) -> None:
-        configure_pynetdicom()
-        # pynetdicom spools received datasets with NamedTemporaryFile(): put them on the
-        # blob folder's filesystem so ingest can rename instead of copy.
-        tempfile.tempdir = archive.incoming_dir
+        configure_logging()
+        settings = archive.settings
         self.archive = archive
-        self.ae = build_ae(archive)
         self.reuse_port = reuse_port
-        self.server: PacsAssociationServer | None = None
-        self._thread: threading.Thread | None = None
+        self.config = AcceptorConfig(
+            ae_title=settings.ae_title, max_pdu=settings.max_pdu_size,
+            max_associations=settings.max_associations, acse_timeout=30.0,
+            dimse_timeout=settings.dimse_timeout, network_timeout=settings.network_timeout,
+            require_called_ae=settings.require_called_ae, incoming_dir=archive.incoming_dir,
+            supported_contexts=supported_contexts(context_table()),
+        )
         self.commitment = commitment.CommitmentWorker(archive)
+        self.dispatcher = self._dispatcher()
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._associations: set[Association] = set()
+        self._stopping = threading.Event()
 
-    def _handlers(self) -> list:
-        return [
-            (evt.EVT_C_ECHO, handlers.handle_echo, [self.archive]),
-            (evt.EVT_C_STORE, handlers.handle_store, [self.archive]),
-            (evt.EVT_C_FIND, handle_find, [self.archive]),
-            (evt.EVT_C_MOVE, handle_move, [self.archive]),
-            (evt.EVT_C_GET, handle_get, [self.archive]),
-            (evt.EVT_N_ACTION, commitment.handle_n_action, [self.archive, self.commitment]),
-            (evt.EVT_ACCEPTED, handlers.handle_association_accepted),
-            (evt.EVT_RELEASED, handlers.handle_association_closed),
-            (evt.EVT_ABORTED, handlers.handle_association_closed),
-            (evt.EVT_REJECTED, handlers.handle_association_rejected),
-        ]
+    def _dispatcher(self) -> Dispatcher:
+        dispatcher = Dispatcher(self.archive)
+        dispatcher.register(cmd.C_ECHO_RQ, handlers.handle_echo)
+        dispatcher.register(cmd.C_STORE_RQ, handlers.handle_store)
+        dispatcher.register(cmd.C_FIND_RQ, handle_find)
+        dispatcher.register(cmd.C_MOVE_RQ, handle_move)
+        dispatcher.register(cmd.C_GET_RQ, handle_get)
+        dispatcher.register(cmd.N_ACTION_RQ, lambda request: commitment.handle_n_action(request, self.commitment))
+        return dispatcher
 
+    # -- lifecycle ---------------------------------------------------------------------------
     def start(self, host: str | None = None, port: int | None = None) -> tuple[str, int]:
         """Start listening; returns the bound (host, port) (port 0 picks a free one)."""
         settings = self.archive.settings
         address = (host or settings.host, settings.dimse_port if port is None else port)
-        server_class = type("Server", (PacsAssociationServer,), {"reuse_port": self.reuse_port})
-        self.server = self.ae.make_server(
-            address, evt_handlers=self._handlers(), server_class=server_class, request_handler=PacsRequestHandler
-        )
-        self._thread = threading.Thread(target=self.server.serve_forever, name="dimse-acceptor", daemon=True)
+        listener = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.reuse_port:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind(address)
+        listener.listen(128)
+        listener.settimeout(0.2)
+        self._listener = listener
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._accept_loop, name="dimse-acceptor", daemon=True)
         self._thread.start()
-        self.ae._servers.append(self.server)
         self.commitment.start()
-        bound = self.server.server_address
+        bound = listener.getsockname()
         log.info("DIMSE %s listening on %s:%d", settings.ae_title, bound[0], bound[1])
         return bound[0], bound[1]
 
     @property
     def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.server_address[1])
+        assert self._listener is not None
+        return int(self._listener.getsockname()[1])
 
     def active_associations(self) -> int:
         """Established associations (a bare TCP connection that never sent an
         A-ASSOCIATE-RQ, such as a load balancer's probe, does not count)."""
-        return sum(1 for assoc in self.ae.active_associations if assoc.is_established)
+        with self._lock:
+            return sum(1 for assoc in self._associations if assoc.is_established)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop accepting, let in-flight associations finish for ``timeout`` s, then abort."""
-        if self.server is None:
+        """Stop accepting, let established associations finish for ``timeout`` s, then abort."""
+        if self._listener is None:
             return
-        self.server.shutdown()
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._listener.close()
+        self._listener = None
         self.commitment.stop()
         deadline = time.monotonic() + timeout
         while self.active_associations() and time.monotonic() < deadline:
             time.sleep(0.05)
-        if self.active_associations():
+        with self._lock:
+            remaining = list(self._associations)
+        if any(assoc.is_established for assoc in remaining):
             log.warning("aborting %d associations still open at shutdown", self.active_associations())
-        self.ae.shutdown()
-        self.server = None
+        for assoc in remaining:
+            assoc.abort()
+
+    # -- associations ------------------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                sock, address = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                log.warning("accept failed", exc_info=True)
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            assoc = Association(sock, address[:2], self.config)
+            with self._lock:
+                self._associations.add(assoc)
+            threading.Thread(target=self._serve, args=(assoc,), name="dimse-association", daemon=True).start()
+
+    def _serve(self, assoc: Association) -> None:
+        try:
+            if not assoc.negotiate(self.active_associations()):
+                metrics.ASSOCIATIONS_REJECTED.inc()
+                return
+            metrics.ASSOCIATIONS_TOTAL.inc()
+            metrics.ASSOCIATIONS_ACTIVE.inc()
+            try:
+                while not self._stopping.is_set() or assoc.is_established:
+                    self.dispatcher.dispatch(assoc, assoc.receive())
+            finally:
+                metrics.ASSOCIATIONS_ACTIVE.dec()
+        except AssociationClosed:
+            pass
+        except ProtocolError as exc:
+            log.info("association from %s aborted: %s", assoc.requestor.ae_title or assoc.address[0], exc)
+            assoc.abort(exc.reason)
+        except (OSError, ValueError) as exc:  # timeouts, resets, undecodable negotiation PDUs
+            log.info("association from %s ended: %s", assoc.requestor.ae_title or assoc.address[0],
+                     type(exc).__name__)
+            assoc.abort(pdu.REASON_NOT_SPECIFIED)
+        except Exception:
+            log.exception("association from %s failed", assoc.requestor.ae_title or assoc.address[0])
+            assoc.abort(pdu.REASON_NOT_SPECIFIED)
+        finally:
+            assoc.is_established = False
+            assoc.close()
+            with self._lock:
+                self._associations.discard(assoc)

@@ -1,0 +1,399 @@
+"""One accepted association: negotiation, message assembly and sending (PS3.8 7, 9; PS3.7 8).
+
+Each association runs in its own thread with a blocking socket, from the A-ASSOCIATE-RQ
+to the release or abort. A received message is handled in that same thread and its
+response written straight to the socket: no queue, no hand-off between threads, no
+polling (pynetdicom crosses two threads per message and polls its queues every
+millisecond, which cost ~4 ms per C-STORE round trip: docs/performance.md).
+
+While a long operation runs (C-FIND, C-MOVE, C-GET), :meth:`Association.cancelled` reads
+whatever the peer has sent meanwhile without blocking, so a C-CANCEL-RQ is seen between
+two responses.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    AsynchronousOperationsWindowNegotiation,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+
+from . import pdu
+from .command import C_CANCEL_RQ, C_STORE_RQ, AFFECTED_SOP_CLASS, AFFECTED_SOP_INSTANCE, MESSAGE_ID_RESPONDED, Command
+from .spool import DatasetTooLarge, FileSpool, MemorySpool, file_meta
+
+if TYPE_CHECKING:
+    from .server import AcceptorConfig
+
+log = logging.getLogger(__name__)
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+#: Largest PDV we send when the peer sets no limit (Maximum Length 0).
+UNLIMITED_PDV = 1 << 20
+
+
+class AssociationClosed(Exception):
+    """The peer released or aborted the association, or the connection broke."""
+
+
+class ProtocolError(Exception):
+    """The peer broke the upper layer protocol; the association is aborted."""
+
+    def __init__(self, message: str, reason: int = pdu.REASON_UNEXPECTED_PDU) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """An accepted presentation context. ``as_scu``: we may send C-STOREs on it (the
+    requestor took the SCP role, PS3.7 D.3.3.4)."""
+
+    context_id: int
+    abstract_syntax: str
+    transfer_syntax: str
+    as_scu: bool
+    as_scp: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Requestor:
+    ae_title: str
+    address: str
+    port: int
+    called_ae_title: str
+
+
+@dataclass(slots=True)
+class Message:
+    """A received DIMSE message: its context, command set and data set (if any)."""
+
+    context: Context
+    command: Command
+    dataset: MemorySpool | FileSpool | None = None
+
+
+class Association:
+    """The acceptor side of one association, driven by :meth:`pacs.dimse.server.DimseServer`."""
+
+    def __init__(self, sock: socket.socket, address: tuple[str, int], config: AcceptorConfig) -> None:
+        self.sock = sock
+        self.config = config
+        self.address = address
+        self.requestor = Requestor("", address[0], address[1], "")
+        self.contexts: dict[int, Context] = {}
+        self.peer_max_pdu = 0
+        self.is_established = False
+        self._ready: deque[Message] = deque()
+        self._command = bytearray()
+        self._current: Message | None = None
+        self._cancelled: set[int] = set()
+        self._header = bytearray(6)
+
+    # -- negotiation (PS3.8 7.1, PS3.7 D.3.3) ---------------------------------------------------
+    def negotiate(self, active: int) -> bool:
+        """Read the A-ASSOCIATE-RQ and answer it; True when the association is established.
+
+        ``active``: associations already established, for the local-limit check.
+        """
+        self.sock.settimeout(self.config.acse_timeout)
+        kind, body = self._read_pdu(limit=1 << 20)
+        if kind != pdu.ASSOCIATE_RQ:
+            raise ProtocolError(f"PDU type {kind} before A-ASSOCIATE-RQ")
+        request = A_ASSOCIATE_RQ()
+        request.decode(bytes(self._header) + bytes(body))
+        primitive = request.to_primitive()
+        self.requestor = Requestor(str(primitive.calling_ae_title).strip(), self.address[0], self.address[1],
+                                   str(primitive.called_ae_title).strip())
+        rejection = self._rejection(request, primitive, active)
+        if rejection is not None:
+            reply = A_ASSOCIATE_RJ()
+            reply.from_primitive(_reject_primitive(*rejection))
+            self._send(reply.encode())
+            return False
+        self._send(self._accept(primitive).encode())
+        self.sock.settimeout(self.config.network_timeout)
+        self.is_established = True
+        return True
+
+    def _rejection(self, request: A_ASSOCIATE_RQ, primitive: A_ASSOCIATE, active: int) -> tuple[int, int, int] | None:
+        """(result, source, reason) of PS3.8 9.3.4 when the request must be rejected."""
+        if request.protocol_version != 1:
+            return 1, 2, 2  # permanent, ACSE: protocol version not supported
+        if str(primitive.application_context_name) != pdu.APPLICATION_CONTEXT:
+            return 1, 1, 2  # permanent, user: application context name not supported
+        if self.config.require_called_ae and self.requestor.called_ae_title != self.config.ae_title:
+            return 1, 1, 7  # permanent, user: called AE title not recognised
+        if active >= self.config.max_associations:
+            return 2, 3, 2  # transient, presentation: local limit exceeded
+        return None
+
+    def _accept(self, primitive: A_ASSOCIATE) -> A_ASSOCIATE_AC:
+        items = primitive.user_information
+        roles = {item.sop_class_uid: (item.scu_role, item.scp_role)
+                 for item in items if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
+        results, role_replies = negotiate_as_acceptor(
+            primitive.presentation_context_definition_list, self.config.supported_contexts, roles)
+        for context in results:
+            if context.result == 0:
+                self.contexts[context.context_id] = Context(
+                    context.context_id, str(context.abstract_syntax), str(context.transfer_syntax[0]),
+                    bool(context.as_scu), bool(context.as_scp))
+        self.peer_max_pdu = next((item.maximum_length_received for item in items
+                                  if isinstance(item, MaximumLengthNotification)), 0) or 0
+        reply = A_ASSOCIATE()
+        reply.application_context_name = pdu.APPLICATION_CONTEXT
+        reply.calling_ae_title = primitive.calling_ae_title
+        reply.called_ae_title = primitive.called_ae_title
+        reply.result, reply.result_source = 0x00, 0x01
+        reply.presentation_context_definition_results_list = results
+        reply.user_information = _user_information(self.config.max_pdu, items) + list(role_replies)
+        encoded = A_ASSOCIATE_AC()
+        encoded.from_primitive(reply)
+        return encoded
+
+    # -- receiving ---------------------------------------------------------------------------
+    def receive(self) -> Message:
+        """The next complete message; raises :class:`AssociationClosed` at release or abort."""
+        while not self._ready:
+            self._feed(*self._read_pdu())
+        return self._ready.popleft()
+
+    def cancelled(self, message_id: int) -> bool:
+        """Whether a C-CANCEL-RQ for ``message_id`` arrived (reads what is waiting, never blocks)."""
+        while select.select([self.sock], [], [], 0)[0]:
+            self._feed(*self._read_pdu())
+        self._take_cancels()
+        return message_id in self._cancelled
+
+    def receive_response(self, message_id: int) -> Message:
+        """Wait for the response to our request ``message_id`` (C-STORE of a C-GET),
+        noting any C-CANCEL-RQ that arrives first."""
+        self.sock.settimeout(self.config.dimse_timeout)
+        try:
+            while True:
+                self._take_cancels()
+                for message in self._ready:
+                    if message.command.us(MESSAGE_ID_RESPONDED) == message_id and message.command.field & 0x8000:
+                        self._ready.remove(message)
+                        return message
+                self._feed(*self._read_pdu())
+        finally:
+            self.sock.settimeout(self.config.network_timeout)
+
+    def _take_cancels(self) -> None:
+        for message in [m for m in self._ready if m.command.field == C_CANCEL_RQ]:
+            self._ready.remove(message)
+            self._cancelled.add(message.command.us(MESSAGE_ID_RESPONDED, 0) or 0)
+
+    def _read_pdu(self, limit: int | None = None) -> tuple[int, memoryview]:
+        self._recv_into(memoryview(self._header))
+        kind, length = pdu.pdu_header(self._header)
+        if length > (limit or self.config.max_pdu + 1024):
+            raise ProtocolError(f"PDU of {length} bytes exceeds the negotiated maximum",
+                                pdu.REASON_INVALID_PARAMETER)
+        body = memoryview(bytearray(length))
+        self._recv_into(body)
+        if _QUICKACK is not None:  # a peer with Nagle on must not wait ~40 ms for our ACK
+            try:
+                self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+            except OSError:
+                pass
+        if kind == pdu.ABORT:
+            raise AssociationClosed("aborted by the peer")
+        if kind == pdu.RELEASE_RQ and self.is_established:
+            self._discard_partial()
+            self._send(pdu.release_rp())
+            self.is_established = False
+            raise AssociationClosed("released")
+        return kind, body
+
+    def _recv_into(self, view: memoryview) -> None:
+        received = 0
+        while received < len(view):
+            count = self.sock.recv_into(view[received:])
+            if not count:
+                raise AssociationClosed("connection closed by the peer")
+            received += count
+
+    def _feed(self, kind: int, body: memoryview) -> None:
+        """Add the PDVs of a P-DATA-TF PDU to the message being assembled (PS3.8 E.2)."""
+        if kind != pdu.P_DATA:
+            raise ProtocolError(f"unexpected PDU type {kind}")
+        try:
+            pdvs = list(pdu.iter_pdvs(body))
+        except ValueError as exc:
+            raise ProtocolError(str(exc), pdu.REASON_INVALID_PARAMETER) from None
+        for context_id, flags, value in pdvs:
+            if flags & pdu.COMMAND:
+                self._feed_command(context_id, flags, value)
+            else:
+                self._feed_dataset(context_id, flags, value)
+
+    def _feed_command(self, context_id: int, flags: int, value: memoryview) -> None:
+        if self._current is not None:
+            raise ProtocolError("command fragment while a data set was expected")
+        self._command += value
+        if not flags & pdu.LAST:
+            return
+        context = self.contexts.get(context_id)
+        if context is None:
+            raise ProtocolError(f"presentation context {context_id} was not accepted", pdu.REASON_INVALID_PARAMETER)
+        try:
+            command = Command.decode(self._command)
+        except ValueError as exc:
+            raise ProtocolError(str(exc), pdu.REASON_INVALID_PARAMETER) from None
+        self._command = bytearray()
+        message = Message(context, command)
+        if not command.has_dataset:
+            self._ready.append(message)
+            return
+        message.dataset = self._spool_for(message)
+        self._current = message
+
+    def _spool_for(self, message: Message) -> MemorySpool | FileSpool:
+        command = message.command
+        if command.field == C_STORE_RQ:
+            meta = file_meta(command.text(AFFECTED_SOP_CLASS), command.text(AFFECTED_SOP_INSTANCE),
+                             message.context.transfer_syntax, self.requestor.ae_title)
+            return FileSpool(self.config.incoming_dir, meta)
+        return MemorySpool(self.config.max_identifier_size)
+
+    def _feed_dataset(self, context_id: int, flags: int, value: memoryview) -> None:
+        message = self._current
+        if message is None or message.dataset is None:
+            raise ProtocolError("data set fragment without a command")
+        if context_id != message.context.context_id:
+            raise ProtocolError("data set on another presentation context than its command")
+        try:
+            message.dataset.write(value)
+        except DatasetTooLarge as exc:
+            raise ProtocolError(str(exc), pdu.REASON_INVALID_PARAMETER) from None
+        if flags & pdu.LAST:
+            message.dataset.close()
+            self._current = None
+            self._ready.append(message)
+
+    def _discard_partial(self) -> None:
+        if self._current is not None and self._current.dataset is not None:
+            self._current.dataset.discard()
+        self._current = None
+        for message in self._ready:
+            if message.dataset is not None:
+                message.dataset.discard()
+        self._ready.clear()
+
+    # -- sending -----------------------------------------------------------------------------
+    def send(self, context_id: int, command: bytes, dataset: bytes | Iterable[bytes] | None = None) -> None:
+        """One DIMSE message: its command set, then its data set (bytes, or chunks streamed
+        as they come), in P-DATA-TF PDUs no larger than the peer accepts (PS3.8 9.3.5)."""
+        buffers: list[bytes | memoryview] = []
+        self._fragment(buffers, context_id, command, pdu.COMMAND | pdu.LAST)
+        if dataset is None:
+            self._send_buffers(buffers)
+            return
+        chunks = iter([dataset] if isinstance(dataset, (bytes, bytearray, memoryview)) else dataset)
+        current = next(chunks, b"")
+        while True:
+            following = next(chunks, None)
+            self._fragment(buffers, context_id, current, pdu.LAST if following is None else 0)
+            self._send_buffers(buffers)
+            buffers = []
+            if following is None:
+                return
+            current = following
+
+    def _fragment(self, buffers: list[bytes | memoryview], context_id: int, data: bytes, last_flags: int) -> None:
+        limit = self.peer_max_pdu - 6 if self.peer_max_pdu > 6 else UNLIMITED_PDV
+        view, offset = memoryview(data), 0
+        command_bit = last_flags & pdu.COMMAND
+        while True:
+            piece = view[offset:offset + limit]
+            offset += len(piece)
+            done = offset >= len(view)
+            buffers.append(pdu.p_data_header(context_id, last_flags if done else command_bit, len(piece)))
+            buffers.append(piece)
+            if done:
+                return
+
+    def _send_buffers(self, buffers: list[bytes | memoryview]) -> None:
+        pending = deque(memoryview(b).cast("B") for b in buffers)
+        while pending:
+            sent = self.sock.sendmsg(list(pending)[:512])
+            while sent:
+                head = pending[0]
+                if sent >= len(head):
+                    sent -= len(head)
+                    pending.popleft()
+                else:
+                    pending[0] = head[sent:]
+                    sent = 0
+
+    def _send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def abort(self, reason: int = pdu.REASON_NOT_SPECIFIED, source: int = pdu.ABORT_SOURCE_PROVIDER) -> None:
+        """Send an A-ABORT (best effort) and close."""
+        if self.sock.fileno() >= 0:
+            try:
+                self.sock.sendall(pdu.abort(source, reason))
+            except OSError:
+                pass
+        self.is_established = False
+        self.close()
+
+    def close(self) -> None:
+        self._discard_partial()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _user_information(max_pdu: int, requested: list) -> list:
+    """Our User Information items (PS3.7 D.3.3): maximum length, implementation class
+    and version; one operation at a time when the requestor proposed a window."""
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = max_pdu
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = pdu.IMPLEMENTATION_CLASS_UID
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = pdu.IMPLEMENTATION_VERSION
+    items: list = [max_length, implementation, version]
+    if any(isinstance(item, AsynchronousOperationsWindowNegotiation) for item in requested):
+        window = AsynchronousOperationsWindowNegotiation()
+        window.maximum_number_operations_invoked = 1
+        window.maximum_number_operations_performed = 1
+        items.append(window)
+    return items
+
+
+def _reject_primitive(result: int, source: int, reason: int) -> A_ASSOCIATE:
+    primitive = A_ASSOCIATE()
+    primitive.result, primitive.result_source, primitive.diagnostic = result, source, reason
+    return primitive
+
+
+def supported_contexts(table: list[tuple[str, list[str], bool, bool]]) -> list[PresentationContext]:
+    """pynetdicom contexts for negotiation from (abstract syntax, syntaxes, scu role, scp role)."""
+    contexts = []
+    for abstract, syntaxes, scu_role, scp_role in table:
+        context = PresentationContext()
+        context.abstract_syntax = abstract
+        context.transfer_syntax = syntaxes
+        context.scu_role, context.scp_role = scu_role, scp_role
+        contexts.append(context)
+    return contexts

@@ -1,0 +1,93 @@
+"""Where the data set of a received DIMSE message goes while its fragments arrive.
+
+A C-STORE data set is written to a Part 10 file in the archive's incoming folder (which
+for a local store lies on the blob folder's filesystem, so storing it is a rename):
+memory stays flat whatever the object's size. Other data sets (identifiers, N-ACTION
+information) are small and kept in memory, up to a limit.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+
+from .pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, uid_value
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+class DatasetTooLarge(Exception):
+    """A data set held in memory outgrew its limit."""
+
+
+def _meta_element(elem: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 0x0002, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, elem, vr, len(value)) + value
+
+
+def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str = "") -> bytes:
+    """Preamble, "DICM" and the File Meta Information (PS3.10 7.1), Explicit VR LE.
+
+    Written by hand: it is built for every received object, and pydicom's writer costs
+    more than the rest of receiving a small one.
+    """
+    body = _meta_element(0x0001, b"OB", b"\x00\x01")
+    body += _meta_element(0x0002, b"UI", uid_value(sop_class))
+    body += _meta_element(0x0003, b"UI", uid_value(sop_instance))
+    body += _meta_element(0x0010, b"UI", uid_value(transfer_syntax))
+    body += _meta_element(0x0012, b"UI", uid_value(IMPLEMENTATION_CLASS_UID))
+    version = IMPLEMENTATION_VERSION.encode()
+    body += _meta_element(0x0013, b"SH", version + b" " * (len(version) % 2))
+    if source_ae:
+        title = source_ae.encode("ascii", "replace")[:16]
+        body += _meta_element(0x0016, b"AE", title + b" " * (len(title) % 2))
+    return _PREAMBLE + _meta_element(0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+class MemorySpool:
+    """A data set kept in memory, refused beyond ``limit`` bytes."""
+
+    path: str | None = None
+
+    def __init__(self, limit: int) -> None:
+        self.data = bytearray()
+        self.limit = limit
+
+    def write(self, chunk: memoryview | bytes) -> None:
+        if len(self.data) + len(chunk) > self.limit:
+            raise DatasetTooLarge(f"data set larger than {self.limit} bytes")
+        self.data += chunk
+
+    def close(self) -> None:
+        return None
+
+    def discard(self) -> None:
+        self.data = bytearray()
+
+
+class FileSpool:
+    """A C-STORE data set written after its File Meta Information to a file in ``folder``."""
+
+    data = None
+
+    def __init__(self, folder: str, meta: bytes) -> None:
+        fd, self.path = tempfile.mkstemp(suffix=".dcm", dir=folder)
+        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._file.write(meta)
+
+    def write(self, chunk: memoryview | bytes) -> None:
+        self._file.write(chunk)
+
+    def close(self) -> None:
+        """Flush to the file (the object is then read back by ingest)."""
+        if not self._file.closed:
+            self._file.close()
+
+    def discard(self) -> None:
+        self.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
