@@ -18,13 +18,21 @@ import tempfile
 import time
 from datetime import date, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pydicom.dataset import Dataset  # noqa: E402
+from pydicom.filebase import DicomBytesIO  # noqa: E402
+from pydicom.filewriter import write_dataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
 from pynetdicom import AE  # noqa: E402
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND  # noqa: E402
 
+from pacs.dimse import command  # noqa: E402
+from pacs.dimse.command import Command, encode_command  # noqa: E402
+from pacs.dimse.scu import StoreAssociation  # noqa: E402
 from pacs.settings import load_settings  # noqa: E402
 from tests.factory import make_ct, to_bytes  # noqa: E402
 from pacs.archive import Archive  # noqa: E402
@@ -62,7 +70,45 @@ def queries(rng: random.Random, studies: int) -> dict[str, list[dict[str, str]]]
     }
 
 
-def time_queries(port: int, cases: dict[str, list[dict[str, str]]], nodelay: bool = True) -> dict[str, dict[str, float]]:
+class LeanFindClient(StoreAssociation):
+    """A C-FIND SCU that only counts the responses (no decoding): the server's own
+    response time, without pynetdicom's per-response cost on the client side."""
+
+    def find(self, identifier: Dataset) -> Iterator[tuple[Any, None]]:
+        buffer = DicomBytesIO()
+        buffer.is_implicit_VR, buffer.is_little_endian = False, True
+        write_dataset(buffer, identifier)
+        context = self.accepted[0]
+        request = encode_command({command.AFFECTED_SOP_CLASS: str(FIND), command.COMMAND_FIELD: command.C_FIND_RQ,
+                                  command.MESSAGE_ID: 1, command.PRIORITY: 0, command.DATASET_TYPE: 0})
+        self._send_pdvs(context.context_id, request, 0x03)
+        self._send_pdvs(context.context_id, buffer.getvalue(), 0x02)
+        pending = bytearray()
+        while True:
+            kind, body = self._read_pdu()
+            pos = 0
+            while pos + 6 <= len(body):
+                length, flags = int.from_bytes(body[pos:pos + 4], "big"), body[pos + 5]
+                if flags & 1:
+                    pending += body[pos + 6:pos + 4 + length]
+                    if flags & 2:
+                        status = Command.decode(pending).us(command.STATUS)
+                        pending = bytearray()
+                        yield SimpleNamespace(Status=status), None
+                        if status not in (0xFF00, 0xFF01):
+                            return
+                pos += 4 + length
+
+    def send_c_find(self, identifier: Dataset, model: Any) -> Iterator[tuple[Any, None]]:
+        return self.find(identifier)
+
+
+def _connect(port: int, client: str, nodelay: bool) -> Any:
+    if client == "lean":
+        assoc = LeanFindClient("BENCH", "PACS", [(str(FIND), [ExplicitVRLittleEndian])], max_pdu=1 << 20,
+                               connect_timeout=10, dimse_timeout=60, implementation_uid="1.2.3.4")
+        assoc.connect("127.0.0.1", port)
+        return assoc
     ae = AE(ae_title="BENCH")
     ae.add_requested_context(FIND)
     assoc = ae.associate("127.0.0.1", port)
@@ -70,6 +116,12 @@ def time_queries(port: int, cases: dict[str, list[dict[str, str]]], nodelay: boo
     # Like a modality with TCP_NODELAY=1: without it, Nagle + delayed ACK add ~40 ms per request.
     if nodelay:
         assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return assoc
+
+
+def time_queries(port: int, cases: dict[str, list[dict[str, str]]], nodelay: bool = True,
+                 client: str = "pynetdicom") -> dict[str, dict[str, float]]:
+    assoc = _connect(port, client, nodelay)
     results = {}
     for name, keysets in cases.items():
         timings, matches = [], []
@@ -102,6 +154,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--database-url", default="", help="default: SQLite in a temp folder")
     parser.add_argument("--no-nodelay", action="store_true", help="client without TCP_NODELAY (Nagle on)")
+    parser.add_argument("--client", choices=("pynetdicom", "lean", "both"), default="both",
+                        help="pynetdicom SCU (decodes every response), a lean SCU that only counts them, or both")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "query.jsonl"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,17 +168,22 @@ def main() -> int:
         env = {"PACS_DATA_DIR": str(Path(tmp) / "data"), "PACS_DATABASE_URL": args.database_url}
         server = ProcessServer(env, Path(tmp)).start()  # the server in its own process, as deployed
         try:
-            results = time_queries(server.dimse_port, queries(random.Random(args.seed), args.studies),
-                                   not args.no_nodelay)
+            clients = ["pynetdicom", "lean"] if args.client == "both" else [args.client]
+            runs = {client: time_queries(server.dimse_port, queries(random.Random(args.seed), args.studies),
+                                         not args.no_nodelay, client) for client in clients}
         finally:
             server.terminate()
-    print(f"{'query':22s} {'p50 ms':>8s} {'p95 ms':>8s} {'max ms':>8s} {'matches':>8s}")
-    for name, r in results.items():
-        print(f"{name:22s} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} {r['max_ms']:8.2f} {r['mean_matches']:8.1f}")
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.results, "a") as out:
-        out.write(json.dumps({"studies": args.studies, "database": "postgresql" if args.database_url else "sqlite",
-                              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results}) + "\n")
+    for client, results in runs.items():
+        print(f"client: {client}")
+        print(f"{'query':22s} {'p50 ms':>8s} {'p95 ms':>8s} {'max ms':>8s} {'matches':>8s}")
+        for name, r in results.items():
+            print(f"{name:22s} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} {r['max_ms']:8.2f} {r['mean_matches']:8.1f}")
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.results, "a") as out:
+            out.write(json.dumps({"studies": args.studies, "client": client,
+                                  "database": "postgresql" if args.database_url else "sqlite",
+                                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                  "results": results}) + "\n")
     return 0
 
 

@@ -18,10 +18,13 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
 )
 
+from pydicom.uid import ImplicitVRLittleEndian
+
 from ..errors import InvalidQuery, PacsError
 from ..query import Level, Query, make_matcher, search
 from ..query.model import level_of
 from ..query.attributes import COMPUTED, MATCHABLE, UNIQUE_KEYS, attribute_level
+from .identifier import encode_identifier, needs_utf8
 from .policy import refusal
 from .status import CANCEL, PENDING, SUCCESS, Status, status
 
@@ -37,6 +40,8 @@ IDENTIFIER_INVALID, UNABLE_TO_PROCESS = 0xA900, 0xC000
 #: Elements of the identifier that are not matching or return keys (PS3.4 C.4.1.1.3).
 CONTROL_KEYWORDS = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle",
                     "TimezoneOffsetFromUTC", "QueryRetrieveView"}
+
+QUERY_RETRIEVE_LEVEL, RETRIEVE_AE_TITLE = "00080052", "00080054"
 
 MODELS: dict[str, tuple[Level, ...]] = {
     str(PatientRootQueryRetrieveInformationModelFind): (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE),
@@ -92,19 +97,20 @@ def query_from_identifier(identifier: Dataset, model: str) -> tuple[Query, list[
     return query, tags
 
 
-def _response(body: dict[str, Any], tags: list[str], level: Level, ae_title: str) -> Dataset:
+def _response(body: dict[str, Any], tags: list[str], level: Level, ae_title: str, implicit_vr: bool) -> bytes:
+    """The identifier of one pending response, encoded from the stored DICOM JSON: every
+    requested key (empty when the archive holds no value), the Query/Retrieve Level and
+    the Retrieve AE Title; UTF-8 (ISO_IR 192) when any text is not ASCII."""
     for tag in tags:
         if tag not in body:
             try:
-                body[tag] = {"vr": dictionary_VR(int(tag, 16))}
+                vr = dictionary_VR(int(tag, 16))
             except KeyError:  # private or unknown: return it empty as UN
-                body[tag] = {"vr": "UN"}
-    ds = Dataset.from_json(body)
-    ds.QueryRetrieveLevel = level.value
-    ds.RetrieveAETitle = ae_title
-    if any(not str(v).isascii() for v in (e.value for e in ds if e.VR in ("PN", "LO", "SH", "ST", "LT", "UT", "UC"))):
-        ds.SpecificCharacterSet = "ISO_IR 192"
-    return ds
+                vr = "UN"
+            body[tag] = {"vr": vr.split(" or ")[0]}
+    body[QUERY_RETRIEVE_LEVEL] = {"vr": "CS", "Value": [level.value]}
+    body[RETRIEVE_AE_TITLE] = {"vr": "AE", "Value": [ae_title]}
+    return encode_identifier(body, implicit_vr=implicit_vr, charset="ISO_IR 192" if needs_utf8(body) else None)
 
 
 def handle_find(request: DimseRequest) -> None:
@@ -121,11 +127,13 @@ def handle_find(request: DimseRequest) -> None:
         request.respond(outcome)
         return
     query, tags, matches = outcome
+    implicit_vr = request.context.transfer_syntax == ImplicitVRLittleEndian
     for match in matches:
         if request.cancelled():
             request.respond(Status(CANCEL))
             return
-        request.respond(Status(PENDING), dataset=_response(match.json, tags, query.level, archive.settings.ae_title))
+        identifier = _response(match.json, tags, query.level, archive.settings.ae_title, implicit_vr)
+        request.respond(Status(PENDING), dataset=identifier)
     request.respond(Status(SUCCESS))
 
 
