@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="DIMSE C-MOVE / C-GET benchmark (see bench/README.md)")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="ct")
     parser.add_argument("--count", type=int, default=2000)
-    parser.add_argument("--ops", default="move,get", help="comma list of move, get (default both)")
+    parser.add_argument("--ops", default="ceiling,move,get", help="comma list of move, get, ceiling (storescp fed by a bare loop, no server)")
     parser.add_argument("--pdu", type=int, default=16384,
                         help="max PDU the dcmtk receivers accept (-pdu; dcmtk default 16384, max 131072)")
     parser.add_argument("--repeat", type=int, default=1)
@@ -59,8 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=RESULTS_FILE)
     args = parser.parse_args(argv)
     args.ops = [op.strip() for op in args.ops.split(",") if op.strip()]
-    if not args.ops or set(args.ops) - set(TARGETS):
-        parser.error("--ops takes move and/or get")
+    if not args.ops or set(args.ops) - {*TARGETS, "ceiling"}:
+        parser.error("--ops takes move, get and/or ceiling")
     args.extra_env = dict(item.split("=", 1) for item in args.extra_env)
     return args
 
@@ -161,6 +161,46 @@ def client_command(op: str, server: ServerProcess, study: str, out_dir: Path, pd
     return [dcmtk("getscu"), *common, "-pdu", str(pdu), "-od", str(out_dir), "127.0.0.1", str(server.dimse_port)]
 
 
+def _dataset_chunks(path: str) -> Iterator[bytes]:
+    """The data set bytes of a Part 10 file (after its File Meta Information)."""
+    with open(path, "rb") as fp:
+        fp.seek(128 + 4 + 8)
+        meta_length = int.from_bytes(fp.read(4), "little")
+        fp.seek(128 + 4 + 12 + meta_length)
+        while chunk := fp.read(1 << 20):
+            yield chunk
+
+
+def run_ceiling(data: DataSet, run_dir: Path, pdu: int) -> dict[str, Any]:
+    """The receiver's ceiling: our Storage SCU sends the same files to storescp in a bare
+    loop, no archive involved (what C-MOVE could reach if the server cost nothing)."""
+    from pydicom import dcmread
+
+    from pacs.dimse.scu import StoreAssociation
+
+    out_dir = run_dir / "ceiling-received"
+    storescp, port = start_storescp(out_dir, pdu, run_dir)
+    head = dcmread(data.files[0], stop_before_pixels=True)
+    contexts = [(str(head.SOPClassUID), [str(head.file_meta.TransferSyntaxUID)])]
+    os.sync()
+    started = time.perf_counter()
+    assoc = StoreAssociation(CALLING_AE, DESTINATION_AE, contexts, max_pdu=1 << 20, connect_timeout=10,
+                             dimse_timeout=60, implementation_uid="1.2.826.0.1.3680043.10.1")
+    assoc.connect("127.0.0.1", port)
+    failures = 0
+    for number, path in enumerate(data.files, 1):
+        sop = str(dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+        status, _ = assoc.store(assoc.accepted[0], sop, _dataset_chunks(str(path)), msg_id=number & 0xFFFF)
+        failures += status != 0
+    assoc.release()
+    seconds = time.perf_counter() - started
+    stop(storescp)
+    return {"op": "ceiling", "seconds": round(seconds, 3), "rate": round(data.count / seconds, 1),
+            "target": TARGETS["move"], "server_cpu_ms_per_instance": 0.0, "rss_before_mb": 0.0,
+            "rss_after_mb": 0.0, "peak_rss_mb": 0.0, "received": data.count - failures,
+            "ok": failures == 0, "error": f"{failures} failed" if failures else None}
+
+
 def run_op(op: str, server: ServerProcess, study: str, count: int, run_dir: Path, pdu: int) -> dict[str, Any]:
     """One timed C-MOVE or C-GET of the whole study; the result record."""
     out_dir = run_dir / f"{op}-received"
@@ -201,7 +241,8 @@ def run_once(args: argparse.Namespace, data: DataSet, archive_dir: Path, study: 
         server.start()
         for op in args.ops:
             try:
-                records.append(run_op(op, server, study, data.count, run_dir, args.pdu))
+                records.append(run_ceiling(data, run_dir, args.pdu) if op == "ceiling"
+                               else run_op(op, server, study, data.count, run_dir, args.pdu))
             except Exception as exc:  # reported as a failed record, with the log tail
                 records.append({"op": op, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
             shutil.rmtree(run_dir / f"{op}-received", ignore_errors=True)
