@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +32,7 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import metrics
-from .errors import DuplicateConflict, PacsError, SOPClassMismatch
+from .errors import DuplicateConflict, PacsError, SOPClassMismatch, StorageUnavailable
 from .events import EventType, append_event
 from .index.models import Instance, PendingWrite, Series, Study
 from .index.writer import bump_counts, lock_study, upsert_patient, upsert_series
@@ -58,6 +59,32 @@ class IngestResult:
     warning: str = ""
 
 
+#: Threads that fsync received files while ingest parses them.
+_FLUSHER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest-fsync")
+
+
+def _flush(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _flushed(flushing: Future) -> None:
+    try:
+        flushing.result()
+    except OSError as exc:
+        raise StorageUnavailable(f"cannot flush the received object: {exc.strerror or exc}") from None
+
+
+def _wait_quietly(flushing: Future) -> None:
+    try:
+        flushing.result()
+    except OSError:
+        pass  # the store's own write reports storage errors
+
+
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fp:
@@ -78,6 +105,9 @@ def ingest_file(
     """Ingest the Part 10 file at ``path``. With ``consume`` the file may be moved away."""
     started = time.perf_counter()
     path = os.fspath(path)
+    # A file that will be renamed into the store is flushed to disk while we parse and
+    # check it: fsync waits on the disk with the GIL released (~0.4 ms a small object).
+    flushing = _FLUSHER.submit(_flush, path) if consume else None
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as fp:
@@ -85,11 +115,13 @@ def ingest_file(
         if expected_sop_class and parsed.sop_class_uid != expected_sop_class:
             raise SOPClassMismatch("SOPClassUID differs from the negotiated SOP class")
         sha = _sha256(path)
-        result = _store_and_index(archive, path, parsed, size, sha, source, calling_ae, consume)
+        result = _store_and_index(archive, path, parsed, size, sha, source, calling_ae, consume, flushing)
     except PacsError as exc:
         metrics.INGEST_FAILURES.labels(reason=type(exc).__name__).inc()
         raise
     finally:
+        if flushing is not None:
+            _wait_quietly(flushing)
         if consume and os.path.exists(path):
             os.unlink(path)
     metrics.INGEST_SECONDS.observe(time.perf_counter() - started)
@@ -159,7 +191,7 @@ def _put(archive: Archive, key: str, path: str, consume: bool) -> None:
 
 def _store_and_index(
     archive: Archive, path: str, parsed: ParsedInstance, size: int, sha: str,
-    source: str, calling_ae: str, consume: bool,
+    source: str, calling_ae: str, consume: bool, flushing: Future | None = None,
 ) -> IngestResult:
     existing, key, pending_id = _check_and_begin(archive, parsed, sha)
     if key is None or pending_id is None:
@@ -167,6 +199,8 @@ def _store_and_index(
             return _result(parsed, "duplicate", size)
         return _result(parsed, "kept", size, "already stored; new copy discarded")
     try:
+        if flushing is not None:
+            _flushed(flushing)
         _put(archive, key, path, consume)
         status = _index(archive, parsed, key, size, sha, source, calling_ae, pending_id)
     except BaseException:

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 
+from .dicom_json import dataset_to_json_dict
 from .errors import InvalidInstance
 from .index.names import normalise_pn, normalise_time
 from .structure import check_structure, dataset_start
@@ -52,30 +54,51 @@ class ParsedInstance:
     bulk_ranges: list[list[int]] = field(default_factory=list)
 
 
-def _text(ds: Dataset, keyword: str, limit: int) -> str:
-    value = ds.get(keyword)
-    if value is None:
+def _tag(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return f"{tag:08X}"
+
+
+_TAGS = {keyword: _tag(keyword) for keyword in (
+    "PatientName", "ReferringPhysicianName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
+    "PatientSex", "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "StudyDescription",
+    "SpecificCharacterSet", "Modality", "SeriesNumber", "SeriesDescription", "BodyPartExamined",
+    "SeriesDate", "SeriesTime", "StationName", "InstanceNumber", "Rows", "Columns", "BitsAllocated",
+    "NumberOfFrames",
+)}
+
+
+def _string(value: Any) -> str:
+    if isinstance(value, dict):  # PN: the component groups, trailing empty ones dropped
+        return "=".join((value.get("Alphabetic", ""), value.get("Ideographic", ""),
+                         value.get("Phonetic", ""))).rstrip("=")
+    return "" if value is None else str(value)
+
+
+def _text(body: dict[str, Any], keyword: str, limit: int) -> str:
+    """An attribute's value(s) as text, read from the instance's DICOM JSON."""
+    values = body.get(_TAGS[keyword], {}).get("Value")
+    if not values:
         return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        value = "\\".join(str(v) for v in value)
-    return str(value).strip("\x00 ")[:limit]
+    return "\\".join(_string(v) for v in values).strip("\x00 ")[:limit]
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(body: dict[str, Any], keyword: str) -> int | None:
+    values = body.get(_TAGS[keyword], {}).get("Value")
     try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
+        return int(values[0]) if values and values[0] not in (None, "") else None
     except (TypeError, ValueError):
         return None
 
 
-def _date(ds: Dataset, keyword: str) -> str:
+def _date(body: dict[str, Any], keyword: str) -> str:
     """A DA value as YYYYMMDD, accepting the old ACR-NEMA ``YYYY.MM.DD`` form; else ''."""
-    raw = _text(ds, keyword, 10).replace(".", "")
+    raw = _text(body, keyword, 10).replace(".", "")
     return raw if len(raw) == 8 and raw.isdigit() else ""
 
 
-def _extract_index_values(ds: Dataset) -> tuple[dict, dict, dict, dict]:
+def _extract_index_values(ds: dict[str, Any]) -> tuple[dict, dict, dict, dict]:
     patient_name = _text(ds, "PatientName", 324)
     referring = _text(ds, "ReferringPhysicianName", 324)
     patient = {
@@ -110,7 +133,7 @@ def _extract_index_values(ds: Dataset) -> tuple[dict, dict, dict, dict]:
         "rows": _int(ds, "Rows"),
         "columns": _int(ds, "Columns"),
         "bits_allocated": _int(ds, "BitsAllocated"),
-        "number_of_frames": _int(ds, "NumberOfFrames") or (1 if "Rows" in ds else None),
+        "number_of_frames": _int(ds, "NumberOfFrames") or (1 if _TAGS["Rows"] in ds else None),
     }
     return patient, study, series, instance
 
@@ -145,7 +168,9 @@ def parse_instance(fp: BinaryIO, size: int) -> ParsedInstance:
         meta_sop = ds.file_meta.get("MediaStorageSOPInstanceUID")
         if meta_sop and str(meta_sop).rstrip("\x00 ") != parsed.sop_instance_uid:
             raise InvalidInstance("MediaStorageSOPInstanceUID differs from SOPInstanceUID")
-        values = _extract_index_values(ds)
+        track_offsets = ts != DeflatedExplicitVRLittleEndian
+        body = _build_json(ds, parsed, track_offsets=track_offsets)
+        values = _extract_index_values(body)
     except InvalidInstance:
         raise
     except Exception as exc:
@@ -160,7 +185,10 @@ def parse_instance(fp: BinaryIO, size: int) -> ParsedInstance:
         raise InvalidInstance("image without Pixel Data (truncated object?)")
     if ts != DeflatedExplicitVRLittleEndian and pixel_pos < size:
         _locate_pixel_data(fp, pixel_pos, size, ts, ds, parsed)
-    parsed.dicom_json = _build_json(ds, parsed, track_offsets=ts != DeflatedExplicitVRLittleEndian)
+    if parsed.pixel_offset is not None or parsed.frame_ranges is not None:
+        vr = "OB" if ts.is_compressed else ("OW" if (_int(body, "BitsAllocated") or 8) > 8 else "OB")
+        body["7FE00010"] = {"vr": vr, "BulkDataURI": f"{BULK_PREFIX}pixeldata"}
+    parsed.dicom_json = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
     return parsed
 
 
@@ -252,7 +280,7 @@ def _encapsulated_frames(fp: BinaryIO, frames: int, ds: Dataset, big: bool) -> t
     return None, end  # fragments of unknown grouping: frames are found by decoding later
 
 
-def _build_json(ds: Dataset, parsed: ParsedInstance, *, track_offsets: bool) -> str:
+def _build_json(ds: Dataset, parsed: ParsedInstance, *, track_offsets: bool) -> dict[str, Any]:
     """DICOM JSON (PS3.18 F.2) with bulk data replaced by ``bulk:`` relative URIs."""
 
     def bulk_handler(elem: DataElement) -> str:
@@ -265,16 +293,12 @@ def _build_json(ds: Dataset, parsed: ParsedInstance, *, track_offsets: bool) -> 
         return f"{BULK_PREFIX}{index}"
 
     try:
-        body = ds.to_json_dict(
+        body = dataset_to_json_dict(
+            ds,
             bulk_data_threshold=1024,
             bulk_data_element_handler=bulk_handler,
             suppress_invalid_tags=True,
         )
     except Exception as exc:
         raise InvalidInstance(f"cannot convert to DICOM JSON: {type(exc).__name__}") from exc
-    if parsed.pixel_offset is not None or parsed.frame_ranges is not None:
-        vr = "OB" if ds.file_meta.TransferSyntaxUID.is_compressed else (
-            "OW" if (ds.get("BitsAllocated") or 8) > 8 else "OB"
-        )
-        body["7FE00010"] = {"vr": vr, "BulkDataURI": f"{BULK_PREFIX}pixeldata"}
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return body
