@@ -29,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pacs.dicom_json import dataset_to_json_dict  # noqa: E402
 from pacs.parse import read_header  # noqa: E402
 
-PYDICOM_FILES = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "emri_small_jpeg_2k_lossless.dcm",
-                 "rtplan.dcm", "chr_japanese.dcm"]
+#: Files shipped inside pydicom's package (test_files/ and charset_files/): nothing downloaded.
+PYDICOM_FILES = ["test_files/CT_small.dcm", "test_files/MR_small.dcm", "test_files/MR_small_implicit.dcm",
+                 "test_files/MR_small_bigendian.dcm", "test_files/JPEG2000.dcm", "test_files/rtplan.dcm",
+                 "charset_files/chrH31.dcm", "charset_files/chrX2.dcm"]
 
 
 def _old(ds: Dataset, handler: Callable) -> str:
@@ -71,7 +73,7 @@ def _time(data: bytes, writer: Callable[[Dataset, Callable], str], repeat: int) 
 def _inputs(files: list[str]) -> list[tuple[str, bytes]]:
     if files:
         return [(Path(f).name, Path(f).read_bytes()) for f in files]
-    from pydicom.data import get_testdata_file
+    import pydicom.data
 
     from sample_data.__main__ import main as sample_main
 
@@ -79,16 +81,15 @@ def _inputs(files: list[str]) -> list[tuple[str, bytes]]:
     with contextlib.redirect_stdout(io.StringIO()):
         sample_main([out, "--set", "ct", "1"])
     inputs = [("sample CT", next(Path(out).glob("*.dcm")).read_bytes())]
-    for name in PYDICOM_FILES:
-        path = get_testdata_file(name)
-        if path:
-            inputs.append((name, Path(path).read_bytes()))
+    root = Path(pydicom.data.__file__).parent
+    inputs += [(Path(name).name, (root / name).read_bytes()) for name in PYDICOM_FILES]
     return inputs
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="*", help="Part 10 files (default: sample CT + pydicom test files)")
+    parser.add_argument("files", nargs="*",
+                        help="Part 10 files (default: a sample CT and pydicom test files)")
     parser.add_argument("--repeat", type=int, default=200, help="calls per timing (default 200)")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")

@@ -132,7 +132,7 @@ def _implicit_vr(tag: int) -> str | None:
 
 def _raw_json(raw: RawDataElement, codec: str | None, limit: int | None) -> JsonDict | None:
     """A not-yet-converted element straight from its bytes, or None if unsure."""
-    vr = raw.VR if raw.VR is not None else _implicit_vr(raw.tag)
+    vr = raw.VR if raw.VR is not None else _implicit_vr(int(raw.tag))
     convert = _CONVERTERS.get(vr)
     if convert is None or raw.length == 0xFFFFFFFF or raw.tag in _LUT_DESCRIPTORS:
         return None

@@ -59,8 +59,8 @@ class IngestResult:
     warning: str = ""
 
 
-#: Threads that fsync received files while ingest parses them.
-_FLUSHER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest-fsync")
+#: Threads that fsync received objects while ingest parses them.
+_FLUSHER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest-fsync")
 
 
 def _flush(path: str) -> None:
@@ -78,11 +78,12 @@ def _flushed(flushing: Future) -> None:
         raise StorageUnavailable(f"cannot flush the received object: {exc.strerror or exc}") from None
 
 
-def _wait_quietly(flushing: Future) -> None:
+def _wait_quietly(work: Future) -> None:
+    """Wait for background file work whose failure is reported elsewhere."""
     try:
-        flushing.result()
-    except OSError:
-        pass  # the store's own write reports storage errors
+        work.result()
+    except Exception:
+        pass
 
 
 def _sha256(path: str) -> str:
@@ -175,9 +176,9 @@ def _check_and_begin(archive: Archive, parsed: ParsedInstance, sha: str):  # typ
         return existing, key, int(pending_id)
 
 
-def _put(archive: Archive, key: str, path: str, consume: bool) -> None:
+def _put(archive: Archive, key: str, path: str, consume: bool, synced: bool = False) -> None:
     if consume:
-        archive.store.put_file(key, path)
+        archive.store.put_file(key, path, synced=synced)
         return
     fd, copy = tempfile.mkstemp(suffix=".dcm", dir=archive.incoming_dir)
     os.close(fd)
@@ -201,7 +202,7 @@ def _store_and_index(
     try:
         if flushing is not None:
             _flushed(flushing)
-        _put(archive, key, path, consume)
+        _put(archive, key, path, consume, synced=flushing is not None)
         status = _index(archive, parsed, key, size, sha, source, calling_ae, pending_id)
     except BaseException:
         _abandon_write(archive, key, pending_id)

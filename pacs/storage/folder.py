@@ -160,7 +160,7 @@ class FolderStore:
             if tmp is not None:
                 _unlink_quietly(tmp)
 
-    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+    def put_file(self, key: str, path: str | os.PathLike[str], *, synced: bool = False) -> None:
         """Store the file at ``path`` under ``key``.
 
         On the same file system as the root, the file is fsynced and renamed into place
@@ -173,11 +173,12 @@ class FolderStore:
         st = os.lstat(src)  # FileNotFoundError is the caller's mistake, not an outage
         if stat.S_ISREG(st.st_mode) and st.st_dev == self._dev:
             try:
-                fd = os.open(src, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                if not synced:
+                    fd = os.open(src, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
                 self._ensure_dir(dest.parent)
                 os.replace(src, dest)
                 _fsync_dir(dest.parent)
