@@ -211,3 +211,19 @@ def test_dcmtk_getscu(server: ThreadedServer, tmp_path: Path) -> None:
     assert set(files) == set(stored)
     for uid, data in stored.items():
         assert dataset_part(files[uid]) == dataset_part(data)
+
+
+def test_more_suboperations_than_the_counts_hold_are_refused() -> None:
+    """The counts are US: a retrieve of more than 65,535 instances fails with a comment."""
+    from types import SimpleNamespace
+
+    from pacs.dimse import command
+    from pacs.dimse.suboperations import run_suboperations
+
+    answers, closed = [], []
+    request = SimpleNamespace(command=SimpleNamespace(field=command.C_GET_RQ),
+                              respond=lambda status, **kw: answers.append((status, kw)))
+    sender = SimpleNamespace(send=lambda item: 0, close=lambda: closed.append(True))
+    run_suboperations(request, [object()] * 65536, sender)  # type: ignore[arg-type]
+    assert [(status.code, "65536 instances match" in status.comment) for status, _ in answers] == [(0xC416, True)]
+    assert closed == [True]

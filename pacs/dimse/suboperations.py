@@ -38,6 +38,10 @@ SUBOPERATION_FAILED = 0xC000
 ALL_FAILED, SOME_FAILED = 0xA702, 0xB000
 #: C-STORE warning statuses (PS3.4 B.2.3).
 STORE_WARNINGS = frozenset({0xB000, 0xB006, 0xB007})
+#: The counts are US (PS3.7 9.3.2.2): at most 65,535 sub-operations per request, else
+#: a failure in the "unable to process" range (0xC516 C-MOVE, 0xC416 C-GET).
+MAX_SUBOPERATIONS = 0xFFFF
+TOO_MANY_MOVE, TOO_MANY_GET = 0xC516, 0xC416
 #: Largest Failed SOP Instance UID List we encode (an Explicit VR value has 16 bits of length).
 MAX_FAILED_LIST = 0xFFF0
 
@@ -89,6 +93,11 @@ def failed_list(uids: list[str], transfer_syntax: str) -> bytes:
 
 def run_suboperations(request: DimseRequest, items: list[RetrieveItem], sender: Sender) -> None:
     """Send ``items`` and answer the C-MOVE/C-GET request as described in the module doc."""
+    if len(items) > MAX_SUBOPERATIONS:
+        sender.close()
+        code = TOO_MANY_MOVE if request.command.field == cmd.C_MOVE_RQ else TOO_MANY_GET
+        request.respond(Status(code, f"{len(items)} instances match; at most {MAX_SUBOPERATIONS} per request"))
+        return
     progress = Progress(len(items))
     syntax = request.context.transfer_syntax
     try:
