@@ -56,14 +56,14 @@ def dataset_to_json_dict(
     ``ds.to_json_dict(...)`` with the same arguments; like it, elements read from the
     file may be converted in place. A value longer than ``bulk_data_threshold`` once
     base64 encoded goes to ``bulk_data_element_handler`` for its BulkDataURI (F.2.7)."""
-    if not _pydicom_defaults():
+    if not pydicom_defaults():
         return ds.to_json_dict(bulk_data_threshold, bulk_data_element_handler, suppress_invalid_tags)
     walker = _Walker(bulk_data_element_handler, bulk_data_threshold)
     with config.strict_reading() if suppress_invalid_tags else nullcontext():
         return walker.dataset(ds, suppress_invalid_tags)
 
 
-def _pydicom_defaults() -> bool:
+def pydicom_defaults() -> bool:
     """Whether pydicom converts values the way the fast paths assume (default config)."""
     hooks = default_hooks.hooks
     return (
@@ -121,7 +121,7 @@ def _dataset_codec(ds: Dataset) -> str | None:
 
 
 @lru_cache(maxsize=4096)
-def _implicit_vr(tag: int) -> str | None:
+def implicit_vr(tag: int) -> str | None:
     """The dictionary VR of a public tag read as implicit VR ("US or SS" etc. have no
     converter here: pydicom resolves them); private tags are pydicom's too."""
     try:
@@ -132,15 +132,27 @@ def _implicit_vr(tag: int) -> str | None:
 
 def _raw_json(raw: RawDataElement, codec: str | None, limit: int | None) -> JsonDict | None:
     """A not-yet-converted element straight from its bytes, or None if unsure."""
-    vr = raw.VR if raw.VR is not None else _implicit_vr(int(raw.tag))
-    convert = _CONVERTERS.get(vr)
-    if convert is None or raw.length == 0xFFFFFFFF or raw.tag in _LUT_DESCRIPTORS:
+    vr = raw.VR if raw.VR is not None else implicit_vr(int(raw.tag))
+    return raw_value_json(int(raw.tag), vr, raw.length, raw.value, codec, raw.is_little_endian, limit)
+
+
+def raw_value_json(
+    tag: int, vr: str | None, length: int, value: bytes | None, codec: str | None,
+    little: bool, limit: int | None,
+) -> JsonDict | None:
+    """The attribute object (F.2.2) of an element's encoded value, or None if unsure.
+
+    ``vr`` is the explicit VR or, for implicit VR, :func:`implicit_vr`; ``codec`` the
+    Python codec of the dataset's character set (None if not a fast one); ``limit`` the
+    value length beyond which binary data is bulk data (also None: left to pydicom)."""
+    convert = _CONVERTERS.get(vr)  # type: ignore[arg-type]
+    if convert is None or length == 0xFFFFFFFF or tag in _LUT_DESCRIPTORS:
         return None
-    if raw.length == 0:
+    if length == 0:
         return {"vr": vr}  # F.2.4: empty value, no "Value"
-    if not raw.value:
+    if not value:
         return None  # deferred or truncated
-    return convert(raw.value, vr, codec, raw.is_little_endian, limit)
+    return convert(value, vr, codec, little, limit)
 
 
 def _values(vr: str, values: list) -> JsonDict:

@@ -2,16 +2,21 @@
 
 Order of work (DESIGN.md "One ingest path"):
 
+0. the object is spooled to a file in the archive's incoming folder (DIMSE receives
+   into it; other callers' files are copied) and fsynced in the background;
 1. parse the header only and validate (UIDs present and well formed, SOP class as
    negotiated);
 2. hash the bytes; an identical re-send is answered as stored and changes nothing;
-3. record a pending write, then write the object (durable, atomic) to the blob store;
-4. in one transaction: patient/study/series/instance rows, aggregates, an
-   ``InstanceStored`` event, and removal of the pending write.
+3. write the object (durable, atomic) to the blob store under its content-addressed key
+   (a folder store hard-links the spool into place);
+4. in one transaction: patient/study/series/instance rows, aggregates and an
+   ``InstanceStored`` event; then the spool is removed.
 
-A crash between 3 and 4 leaves an orphan object named by its pending row, which
-:func:`sweep_orphans` removes after the grace period; it never leaves an index row
-without its object. Object keys are content-addressed (``<sop>.<sha256 prefix>.dcm``):
+The spool is the record of a write in progress: a crash between 3 and 4 (or a failure
+in 4) leaves it in the incoming folder, and :func:`sweep_orphans` later removes the
+object it names unless an index row uses it. So an index row never lacks its object, and
+no object outlives a failed ingest past the grace period, without a database round trip
+before the write. Object keys are content-addressed (``<sop>.<sha256 prefix>.dcm``):
 two different objects under one SOP Instance UID never overwrite each other's bytes.
 """
 
@@ -103,33 +108,60 @@ def ingest_file(
     expected_sop_class: str | None = None,
     consume: bool = False,
 ) -> IngestResult:
-    """Ingest the Part 10 file at ``path``. With ``consume`` the file may be moved away."""
+    """Ingest the Part 10 file at ``path``. With ``consume`` the file is ours to remove;
+    it must then lie in the archive's incoming folder (the spool, see module doc)."""
     started = time.perf_counter()
-    path = os.fspath(path)
-    # A file that will be renamed into the store is flushed to disk while we parse and
-    # check it: fsync waits on the disk with the GIL released (~0.4 ms a small object).
-    flushing = _FLUSHER.submit(_flush, path) if consume else None
+    spool = _Spool(os.fspath(path) if consume else _spool_copy(archive, os.fspath(path)))
+    # The spool is flushed to disk while we parse and check it: fsync waits on the disk
+    # with the GIL released (~0.4 ms a small object).
+    flushing = _FLUSHER.submit(_flush, spool.path)
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as fp:
+        size = os.path.getsize(spool.path)
+        with open(spool.path, "rb") as fp:
             parsed = parse_instance(fp, size)
         if expected_sop_class and parsed.sop_class_uid != expected_sop_class:
             raise SOPClassMismatch("SOPClassUID differs from the negotiated SOP class")
-        sha = _sha256(path)
-        result = _store_and_index(archive, path, parsed, size, sha, source, calling_ae, consume, flushing)
+        sha = _sha256(spool.path)
+        result = _store_and_index(archive, spool, parsed, size, sha, source, calling_ae, flushing)
     except PacsError as exc:
         metrics.INGEST_FAILURES.labels(reason=type(exc).__name__).inc()
         raise
     finally:
-        if flushing is not None:
-            _wait_quietly(flushing)
-        if consume and os.path.exists(path):
-            os.unlink(path)
+        _wait_quietly(flushing)
+        if not spool.keep:
+            _unlink_quietly(spool.path)
     metrics.INGEST_SECONDS.observe(time.perf_counter() - started)
     if result.status in ("stored", "replaced"):
         metrics.INSTANCES_STORED.labels(source=source).inc()
         metrics.BYTES_STORED.inc(size)
     return result
+
+
+@dataclass
+class _Spool:
+    """The received object in the incoming folder; ``keep``: leave it for the sweep."""
+
+    path: str
+    keep: bool = False
+
+
+def _spool_copy(archive: Archive, path: str) -> str:
+    """A copy of a caller's file in the incoming folder (the caller's file stays)."""
+    fd, copy = tempfile.mkstemp(suffix=".dcm", dir=archive.incoming_dir)
+    os.close(fd)
+    try:
+        shutil.copyfile(path, copy)
+    except BaseException:
+        _unlink_quietly(copy)
+        raise
+    return copy
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def ingest_bytes(archive: Archive, data: bytes, *, source: str, calling_ae: str = "") -> IngestResult:
@@ -150,8 +182,6 @@ def _result(parsed: ParsedInstance, status: str, size: int, warning: str = "") -
 _SELECT_EXISTING = select(Instance.id, Instance.sha256, Instance.blob_key, Instance.series_fk).where(
     Instance.sop_instance_uid == bindparam("b_sop")
 )
-_INSERT_PENDING = insert(PendingWrite).returning(PendingWrite.id)
-_DELETE_PENDING = delete(PendingWrite).where(PendingWrite.id == bindparam("b_id"))
 
 
 def _existing(archive: Archive, sop_uid: str):  # type: ignore[no-untyped-def]
@@ -159,77 +189,40 @@ def _existing(archive: Archive, sop_uid: str):  # type: ignore[no-untyped-def]
         return conn.execute(_SELECT_EXISTING, {"b_sop": sop_uid}).first()
 
 
-def _check_and_begin(archive: Archive, parsed: ParsedInstance, sha: str):  # type: ignore[no-untyped-def]
-    """One transaction: look for a held copy; if the object must be written, record the
-    pending write. Returns (existing row or None, key or None, pending id or None)."""
-    with archive.db.write() as conn:
-        existing = conn.execute(_SELECT_EXISTING, {"b_sop": parsed.sop_instance_uid}).first()
-        if existing is not None:
-            if existing.sha256 == sha:
-                return existing, None, None
-            if archive.settings.duplicate_policy == "reject":
-                raise DuplicateConflict("SOP Instance UID already stored with other content")
-            if archive.settings.duplicate_policy == "keep":
-                return existing, None, None
-        key = instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid, sha[:16])
-        pending_id = conn.execute(_INSERT_PENDING, {"blob_key": key, "created_at": time.time()}).scalar_one()
-        return existing, key, int(pending_id)
-
-
-def _put(archive: Archive, key: str, path: str, consume: bool, synced: bool = False) -> None:
-    if consume:
-        archive.store.put_file(key, path, synced=synced)
-        return
-    fd, copy = tempfile.mkstemp(suffix=".dcm", dir=archive.incoming_dir)
-    os.close(fd)
-    try:  # keep the caller's file: store a streamed copy
-        shutil.copyfile(path, copy)
-        archive.store.put_file(key, copy)
-    finally:
-        if os.path.exists(copy):
-            os.unlink(copy)
-
-
 def _store_and_index(
-    archive: Archive, path: str, parsed: ParsedInstance, size: int, sha: str,
-    source: str, calling_ae: str, consume: bool, flushing: Future | None = None,
+    archive: Archive, spool: _Spool, parsed: ParsedInstance, size: int, sha: str,
+    source: str, calling_ae: str, flushing: Future,
 ) -> IngestResult:
-    existing, key, pending_id = _check_and_begin(archive, parsed, sha)
-    if key is None or pending_id is None:
-        if existing is not None and existing.sha256 == sha:
+    """Check for a held copy (read only), write the object, then one index transaction.
+
+    Once the object is written under its key, any failure leaves the spool in the
+    incoming folder: :func:`sweep_orphans` then removes the object unless an index row
+    uses it (an identical copy stored concurrently may).
+    """
+    existing = _existing(archive, parsed.sop_instance_uid)
+    if existing is not None:
+        if existing.sha256 == sha:
             return _result(parsed, "duplicate", size)
-        return _result(parsed, "kept", size, "already stored; new copy discarded")
+        if archive.settings.duplicate_policy == "reject":
+            raise DuplicateConflict("SOP Instance UID already stored with other content")
+        if archive.settings.duplicate_policy == "keep":
+            return _result(parsed, "kept", size, "already stored; new copy discarded")
+    key = instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid, sha[:16])
+    _flushed(flushing)
+    archive.store.put_file(key, spool.path, synced=True, keep_source=True)
     try:
-        if flushing is not None:
-            _flushed(flushing)
-        _put(archive, key, path, consume, synced=flushing is not None)
-        status = _index(archive, parsed, key, size, sha, source, calling_ae, pending_id)
+        status = _index(archive, parsed, key, size, sha, source, calling_ae)
     except BaseException:
-        _abandon_write(archive, key, pending_id)
+        spool.keep = True
         raise
     if status == "replaced" and existing is not None and existing.blob_key != key:
         archive.store.delete(existing.blob_key)
     return _result(parsed, status, size)
 
 
-def _abandon_write(archive: Archive, key: str, pending_id: int) -> None:
-    """Undo a failed write, unless an index row (an identical concurrent ingest) uses it."""
-    try:
-        with archive.db.write() as conn:
-            in_use = conn.execute(select(Instance.id).where(Instance.blob_key == key)).first()
-            others = conn.execute(
-                select(PendingWrite.id).where(PendingWrite.blob_key == key, PendingWrite.id != pending_id)
-            ).first()
-            if in_use is None and others is None:
-                archive.store.delete(key)
-            conn.execute(delete(PendingWrite).where(PendingWrite.id == pending_id))
-    except Exception:  # the sweeper will finish the job
-        log.warning("could not clean up a failed write; the orphan sweep will", exc_info=True)
-
-
 def _index(
     archive: Archive, parsed: ParsedInstance, key: str, size: int, sha: str,
-    source: str, calling_ae: str, pending_id: int,
+    source: str, calling_ae: str,
 ) -> str:
     row = {
         "sop_instance_uid": parsed.sop_instance_uid,
@@ -245,15 +238,11 @@ def _index(
     }
     try:
         with archive.db.write() as conn:
-            status = _write_rows(conn, archive, parsed, row)
-            conn.execute(_DELETE_PENDING, {"b_id": pending_id})
-        return status
+            return _write_rows(conn, archive, parsed, row)
     except IntegrityError:
         # A concurrent ingest of the same SOP Instance UID committed first.
         current = _existing(archive, parsed.sop_instance_uid)
         if current is not None and current.sha256 == sha:
-            with archive.db.write() as conn:
-                conn.execute(delete(PendingWrite).where(PendingWrite.id == pending_id))
             return "duplicate"
         raise DuplicateConflict("SOP Instance UID stored concurrently with other content") from None
 
@@ -317,15 +306,39 @@ def sweep_orphans(archive: Archive, grace_seconds: float) -> int:
                 removed += 1
             conn.execute(delete(PendingWrite).where(PendingWrite.id == pending_id))
     archive.store.sweep_temporary(grace_seconds)
-    _sweep_incoming(archive, grace_seconds)
+    return removed + _sweep_incoming(archive, grace_seconds)
+
+
+def _sweep_incoming(archive: Archive, grace_seconds: float) -> int:
+    """Spooled objects older than the grace period: a crash or a failure left them after
+    their object may have been written. Remove that object unless an index row uses it,
+    then the spool. Returns the number of objects removed."""
+    cutoff, removed = time.time() - grace_seconds, 0
+    for entry in Path(archive.incoming_dir).glob("*.dcm"):
+        try:
+            if entry.stat().st_mtime > cutoff:
+                continue
+            key = _spooled_key(entry)
+            if key is not None:
+                with archive.db.write() as conn:
+                    in_use = conn.execute(select(Instance.id).where(Instance.blob_key == key)).first()
+                    if in_use is None and archive.store.exists(key):
+                        archive.store.delete(key)
+                        removed += 1
+            entry.unlink()
+        except FileNotFoundError:
+            pass
     return removed
 
 
-def _sweep_incoming(archive: Archive, grace_seconds: float) -> None:
-    cutoff = time.time() - grace_seconds
-    for entry in Path(archive.incoming_dir).glob("*.dcm"):
-        try:
-            if entry.stat().st_mtime <= cutoff:
-                entry.unlink()
-        except FileNotFoundError:
-            pass
+def _spooled_key(path: Path) -> str | None:
+    """The blob key a spooled object is stored under, or None when it cannot be parsed
+    (then it was refused before anything was written)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fp:
+            parsed = parse_instance(fp, size)
+        sha = _sha256(str(path))
+    except (PacsError, OSError):
+        return None
+    return instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid, sha[:16])

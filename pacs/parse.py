@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
@@ -152,7 +152,18 @@ def read_header(fp: BinaryIO) -> Dataset:
 
 
 def parse_instance(fp: BinaryIO, size: int) -> ParsedInstance:
-    """Parse and validate the header of the object in ``fp`` (``size`` bytes long)."""
+    """Parse and validate the header of the object in ``fp`` (``size`` bytes long).
+
+    The single pass of :mod:`pacs.fastparse` answers for the common encodings; whatever
+    it declines goes to :func:`parse_instance_reference`, which it always equals."""
+    from .fastparse import try_fast_parse  # imported here: fastparse imports this module
+
+    parsed = try_fast_parse(fp, size)
+    return parsed if parsed is not None else parse_instance_reference(fp, size)
+
+
+def parse_instance_reference(fp: BinaryIO, size: int) -> ParsedInstance:
+    """:func:`parse_instance` with pydicom: the reference the fast path is held to."""
     ds = read_header(fp)
     pixel_pos = fp.tell()
     ts = UID(str(ds.file_meta.TransferSyntaxUID))
@@ -185,11 +196,16 @@ def parse_instance(fp: BinaryIO, size: int) -> ParsedInstance:
         raise InvalidInstance("image without Pixel Data (truncated object?)")
     if ts != DeflatedExplicitVRLittleEndian and pixel_pos < size:
         _locate_pixel_data(fp, pixel_pos, size, ts, ds, parsed)
-    if parsed.pixel_offset is not None or parsed.frame_ranges is not None:
-        vr = "OB" if ts.is_compressed else ("OW" if (_int(body, "BitsAllocated") or 8) > 8 else "OB")
-        body["7FE00010"] = {"vr": vr, "BulkDataURI": f"{BULK_PREFIX}pixeldata"}
+    add_pixel_data_json(body, parsed, compressed=bool(ts.is_compressed))
     parsed.dicom_json = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
     return parsed
+
+
+def add_pixel_data_json(body: dict[str, Any], parsed: ParsedInstance, *, compressed: bool) -> None:
+    """Pixel Data as a BulkDataURI (PS3.18 F.2.7) once its bytes were located."""
+    if parsed.pixel_offset is not None or parsed.frame_ranges is not None:
+        vr = "OB" if compressed else ("OW" if (_int(body, "BitsAllocated") or 8) > 8 else "OB")
+        body["7FE00010"] = {"vr": vr, "BulkDataURI": f"{BULK_PREFIX}pixeldata"}
 
 
 def _is_image_class(sop_class_uid: str) -> bool:
@@ -218,8 +234,14 @@ def _element_header(fp: BinaryIO, ts: UID) -> tuple[int, int, bool]:
     return (group << 16 | elem), length, big
 
 
+class AttributeSource(Protocol):
+    """What pixel data location reads attributes from: a Dataset, or its JSON's values."""
+
+    def get(self, keyword: str, default: Any = None) -> Any: ...
+
+
 def _locate_pixel_data(
-    fp: BinaryIO, pos: int, size: int, ts: UID, ds: Dataset, parsed: ParsedInstance
+    fp: BinaryIO, pos: int, size: int, ts: UID, ds: AttributeSource, parsed: ParsedInstance
 ) -> None:
     fp.seek(pos)
     tag, length, big = _element_header(fp, ts)
@@ -242,7 +264,7 @@ def _locate_pixel_data(
     parsed.pixel_offset, parsed.pixel_length = value_offset, end - value_offset
 
 
-def _native_frames(ds: Dataset, offset: int, length: int, frames: int) -> list | None:
+def _native_frames(ds: AttributeSource, offset: int, length: int, frames: int) -> list | None:
     rows, cols = ds.get("Rows"), ds.get("Columns")
     bits = ds.get("BitsAllocated")
     spp = ds.get("SamplesPerPixel", 1)
@@ -256,7 +278,9 @@ def _native_frames(ds: Dataset, offset: int, length: int, frames: int) -> list |
     return [[[offset + i * frame_len, frame_len]] for i in range(frames)]
 
 
-def _encapsulated_frames(fp: BinaryIO, frames: int, ds: Dataset, big: bool) -> tuple[list | None, int]:
+def _encapsulated_frames(
+    fp: BinaryIO, frames: int, ds: AttributeSource, big: bool
+) -> tuple[list | None, int]:
     """Fragment ranges per frame (PS3.5 A.4), and the offset just past the sequence."""
     endian = ">" if big else "<"
     offsets = parse_basic_offsets(fp, endianness=endian)

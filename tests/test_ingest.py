@@ -223,3 +223,67 @@ def test_sweep_keeps_indexed_object(archive: Archive) -> None:
         conn.execute(insert(PendingWrite).values(blob_key=key, created_at=time.time() - 100))
     assert archive.sweep_orphans(grace_seconds=5) == 0
     assert archive.store.exists(key)
+
+
+def _spool(archive: Archive, data: bytes, age: float) -> Path:
+    """A spooled object as a crash leaves it in the incoming folder, ``age`` seconds old."""
+    import os
+
+    path = Path(archive.incoming_dir) / f"crashed-{len(data)}-{time.time_ns()}.dcm"
+    path.write_bytes(data)
+    os.utime(path, (time.time() - age, time.time() - age))
+    return path
+
+
+def _key_of(data: bytes) -> str:
+    import hashlib
+
+    from pacs.storage import instance_key
+
+    ds = dcmread(__import__("io").BytesIO(data), stop_before_pixels=True)
+    return instance_key(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
+                        hashlib.sha256(data).hexdigest()[:16])
+
+
+def test_crash_after_object_write_is_swept_from_the_spool(archive: Archive) -> None:
+    # The state a crash leaves between the object write and the index commit: the spool
+    # in the incoming folder and the object under its key, no index row.
+    data = to_bytes(make_ct(seed=7))
+    key = _key_of(data)
+    archive.store.put_bytes(key, data)
+    spool = _spool(archive, data, age=10)
+    assert archive.sweep_orphans(grace_seconds=60) == 0  # too young: maybe still ingesting
+    assert archive.store.exists(key) and spool.exists()
+    assert archive.sweep_orphans(grace_seconds=5) == 1
+    assert not archive.store.exists(key) and not spool.exists()
+
+
+def test_spool_sweep_keeps_an_indexed_object(archive: Archive) -> None:
+    data = to_bytes(make_ct(seed=8))
+    result = archive.ingest_bytes(data, source="test")
+    key = _instance(archive, result.sop_instance_uid).blob_key
+    spool = _spool(archive, data, age=100)  # crash after the commit, before the spool went
+    assert archive.sweep_orphans(grace_seconds=5) == 0
+    assert archive.store.exists(key) and not spool.exists()
+
+
+def test_failed_index_transaction_leaves_nothing_after_the_sweep(archive: Archive, monkeypatch) -> None:
+    import pacs.ingest
+
+    data = to_bytes(make_ct(seed=9))
+    key = _key_of(data)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("index write failed")
+
+    monkeypatch.setattr(pacs.ingest, "_write_rows", broken)
+    with pytest.raises(RuntimeError):
+        archive.ingest_bytes(data, source="test")
+    assert archive.store.exists(key)  # written, not indexed: the spool stays for the sweep
+    assert len(list(Path(archive.incoming_dir).glob("*.dcm"))) == 1
+    monkeypatch.undo()
+    assert archive.sweep_orphans(grace_seconds=0) == 1
+    assert not archive.store.exists(key)
+    assert not list(Path(archive.incoming_dir).glob("*.dcm"))
+    assert archive.ingest_bytes(data, source="test").status == "stored"  # and it can come again
+    assert archive.store.exists(key)

@@ -17,11 +17,12 @@ class BlobNotFound(KeyError):
 class BlobStore(Protocol):
     """Where the archive keeps the bytes of every object."""
 
-    def put_file(self, key: str, path: str, *, synced: bool = False) -> None:
+    def put_file(self, key: str, path: str, *, synced: bool = False, keep_source: bool = False) -> None:
         """Store the file at ``path`` under ``key`` atomically; the file may be moved away.
 
         When this returns, the object is durable. Readers never see a partial object.
-        ``synced``: the caller has already fsynced the file's data.
+        ``synced``: the caller has already fsynced the file's data. ``keep_source``: the
+        file must stay at ``path`` (a folder store links instead of renaming).
         """
 
     def put_bytes(self, key: str, data: bytes) -> None:

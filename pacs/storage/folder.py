@@ -55,6 +55,13 @@ def _fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def _link_if_absent(src: str, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except FileExistsError:
+        pass
+
+
 class FolderStore:
     """:class:`~pacs.storage.base.BlobStore` on a directory tree."""
 
@@ -160,13 +167,16 @@ class FolderStore:
             if tmp is not None:
                 _unlink_quietly(tmp)
 
-    def put_file(self, key: str, path: str | os.PathLike[str], *, synced: bool = False) -> None:
+    def put_file(self, key: str, path: str | os.PathLike[str], *, synced: bool = False,
+                 keep_source: bool = False) -> None:
         """Store the file at ``path`` under ``key``.
 
         On the same file system as the root, the file is fsynced and renamed into place
-        (it is gone from ``path`` afterwards). Otherwise it is copied into a temporary
-        file first and the source is left alone. ``FileNotFoundError`` when ``path``
-        does not exist.
+        (it is gone from ``path`` afterwards), or with ``keep_source`` hard-linked into
+        place (an existing object under ``key`` is kept: keys of ingested objects are
+        content-addressed, so it holds the same bytes). Otherwise it is copied into a
+        temporary file first and the source is left alone. ``FileNotFoundError`` when
+        ``path`` does not exist.
         """
         dest = self._path(key)
         src = os.fspath(path)
@@ -180,7 +190,10 @@ class FolderStore:
                     finally:
                         os.close(fd)
                 self._ensure_dir(dest.parent)
-                os.replace(src, dest)
+                if keep_source:
+                    _link_if_absent(src, dest)
+                else:
+                    os.replace(src, dest)
                 _fsync_dir(dest.parent)
                 return
             except OSError as exc:

@@ -227,7 +227,7 @@ class S3Store:
 
     # -- writing ----------------------------------------------------------------------
 
-    def put_file(self, key: str, path: str | os.PathLike[str], *, synced: bool = False) -> None:
+    def put_file(self, key: str, path: str | os.PathLike[str], *, synced: bool = False, keep_source: bool = False) -> None:
         """Upload the file at ``path`` (multipart above the threshold); the file stays."""
         s3_key = self._key(key)
         filename = os.fspath(path)
