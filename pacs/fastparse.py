@@ -157,7 +157,8 @@ def _need(buf: bytes, end: int, size: int) -> None:
 def _file_meta(buf: bytes, size: int) -> tuple[int, str, str]:
     """Dataset offset, transfer syntax and MediaStorageSOPInstanceUID from the preamble,
     prefix and File Meta group (PS3.10 7.1), read as pydicom and ``dataset_start`` do."""
-    if size < 132 or buf[128:132] != b"DICM":
+    _need(buf, 132, size)
+    if buf[128:132] != b"DICM":
         raise Declined("no preamble and DICM prefix")
     pos, last, meta = 132, -1, {}
     while pos + 8 <= size:
@@ -179,9 +180,11 @@ def _file_meta(buf: bytes, size: int) -> tuple[int, str, str]:
             meta[tag] = buf[pos:pos + length].decode("latin-1").rstrip("\x00 ")
         pos += length
     ts, media_sop = meta.get(META_TRANSFER_SYNTAX), meta.get(META_SOP_INSTANCE, "")
-    if ts not in _TRANSFER_SYNTAXES or "\\" in media_sop:
+    if ts not in _TRANSFER_SYNTAXES:
         raise Declined(f"transfer syntax {ts!r} not read here")
-    return pos, ts, media_sop.strip()
+    if "\\" in media_sop:
+        raise Declined("refused by the reference: MediaStorageSOPInstanceUID has several values")
+    return pos, ts, media_sop.strip()  # as pydicom's UID keeps it
 
 
 def _identify(ts: str, uids: dict[int, str], media_sop: str) -> ParsedInstance:
@@ -259,18 +262,19 @@ class _Walker:
     def header(self, pos: int) -> tuple[int, str, int, int]:
         """Tag, VR, value length and value offset of the element at ``pos`` (PS3.5 7.1)."""
         buf = self.buf
-        _need(buf, pos + 8, self.size)
+        if pos + 12 > len(buf):  # near the end of the bytes read: is the header there?
+            _need(buf, pos + 8, self.size)
         if self.explicit:
             group, elem, vr_bytes, length = _EXPLICIT(buf, pos)
-            if group == 0xFFFE:
-                return group << 16 | elem, "", _U32(buf, pos + 4)[0], pos + 8
             vr = _VRS.get(vr_bytes)
-            if vr is None:
-                raise Declined(f"VR {vr_bytes!r} at offset {pos}")
-            if vr in _LONG_VRS:
+            if vr is not None and group != 0xFFFE:
+                if vr not in _LONG_VRS:
+                    return group << 16 | elem, vr, length, pos + 8
                 _need(buf, pos + 12, self.size)
                 return group << 16 | elem, vr, _U32(buf, pos + 8)[0], pos + 12
-            return group << 16 | elem, vr, length, pos + 8
+            if group != 0xFFFE:
+                raise Declined(f"VR {vr_bytes!r} at offset {pos}")
+            return group << 16 | elem, "", _U32(buf, pos + 4)[0], pos + 8
         group, elem, length = _TAG_LENGTH(buf, pos)
         tag = group << 16 | elem
         if group == 0xFFFE:
@@ -284,10 +288,10 @@ class _Walker:
         """Elements from ``pos`` to ``end`` (item of defined length), to the Item Delimitation
         Item (undefined length, PS3.5 7.5.2) or, at the top, to Pixel Data or the end."""
         out: dict[str, Any] = {}
-        stop, last = self.size if end is None else end, -1
+        buf, header, stop, last = self.buf, self.header, self.size if end is None else end, -1
         while pos < stop:
             start = pos
-            tag, vr, length, pos = self.header(pos)
+            tag, vr, length, pos = header(pos)
             if tag <= last or tag >> 16 == 0xFFFE:
                 if tag == ITEM_END and end is None and not top:
                     return out, pos
@@ -297,24 +301,43 @@ class _Walker:
                 if tag != PIXEL_DATA:
                     raise Declined("Float or Double Float Pixel Data")
                 return out, start
-            if length == UNDEFINED:
-                if vr != "SQ":
-                    raise Declined(f"undefined length {vr} ({tag:08X})")
-                out[f"{tag:08X}"], pos = self.sequence(pos, None, codec)
+            if length == UNDEFINED or vr == "SQ":
+                out[f"{tag:08X}"], pos = self.sequence_element(tag, vr, pos, length, stop, codec)
                 continue
             if pos + length > stop:
                 raise Declined(f"({tag:08X}) runs past its item or the object")
-            _need(self.buf, pos + length, self.size)
-            if vr == "SQ":
-                out[f"{tag:08X}"], pos = self.sequence(pos, pos + length, codec)
-                continue
+            if pos + length > len(buf):
+                raise _NeedMore(pos + length)
             if tag == CHARSET:
                 codec = self.charset(vr, out, pos, length)
-            out[f"{tag:08X}"] = self.value(tag, vr, pos, length, codec, top)
+            if top and tag in UID_TAGS:
+                out[f"{tag:08X}"] = self.uid(tag, vr, pos, length)
+            elif length > BULK_LIMIT and vr in _BINARY_VRS:
+                out[f"{tag:08X}"] = self.bulk_uri(vr, pos, length)
+            else:
+                try:  # the reference's converter: None or an error leaves the value to pydicom
+                    value = buf[pos:pos + length]
+                    attribute = raw_value_json(tag, vr, length, value, codec, True, BULK_LIMIT)
+                except Exception as exc:  # noqa: BLE001 - e.g. UnicodeDecodeError
+                    raise Declined(f"({tag:08X}) {vr} value left to pydicom: {exc}") from exc
+                if attribute is None:
+                    raise Declined(f"({tag:08X}) {vr} value left to pydicom")
+                out[f"{tag:08X}"] = attribute
             pos += length
         if end is None and not top:
             raise Declined("item without its delimitation item")
         return out, pos
+
+    def sequence_element(self, tag: int, vr: str, pos: int, length: int, stop: int,
+                         codec: str) -> tuple[dict, int]:
+        """A sequence of undefined or defined length (PS3.5 7.5), within ``stop``."""
+        if vr != "SQ":
+            raise Declined(f"undefined length {vr} ({tag:08X})")
+        if length == UNDEFINED:
+            return self.sequence(pos, None, codec)
+        if pos + length > stop:
+            raise Declined(f"({tag:08X}) runs past its item or the object")
+        return self.sequence(pos, pos + length, codec)
 
     def sequence(self, pos: int, end: int | None, codec: str) -> tuple[dict, int]:
         """A sequence's items (PS3.5 7.5.1), to ``end`` or the Sequence Delimitation Item."""
@@ -352,19 +375,12 @@ class _Walker:
             raise Declined("Specific Character Set after text or sequences")
         return codec
 
-    def value(self, tag: int, vr: str, pos: int, length: int, codec: str, top: bool) -> dict:
-        """The attribute object of a value (F.2.2), a BulkDataURI for long binary (F.2.7)."""
-        if top and tag in UID_TAGS:
-            return self.uid(tag, vr, pos, length)
-        if vr in _BINARY_VRS and length > BULK_LIMIT:
-            if self.defined:  # pydicom gives offsets inside such a sequence, not in the file
-                raise Declined("bulk data inside a sequence of defined length")
-            self.bulk.append([pos, length])
-            return {"vr": vr, "BulkDataURI": f"{BULK_PREFIX}{len(self.bulk) - 1}"}
-        attribute = raw_value_json(tag, vr, length, self.buf[pos:pos + length], codec, True, BULK_LIMIT)
-        if attribute is None:
-            raise Declined(f"({tag:08X}) {vr} value left to pydicom")
-        return attribute
+    def bulk_uri(self, vr: str, pos: int, length: int) -> dict:
+        """A BulkDataURI for a binary value too long for InlineBinary (F.2.7)."""
+        if self.defined:  # pydicom gives offsets inside such a sequence, not in the file
+            raise Declined("bulk data inside a sequence of defined length")
+        self.bulk.append([pos, length])
+        return {"vr": vr, "BulkDataURI": f"{BULK_PREFIX}{len(self.bulk) - 1}"}
 
     def uid(self, tag: int, vr: str, pos: int, length: int) -> dict:
         """A UID ingest validates: pydicom's value (trailing NUL and spaces dropped) if the

@@ -107,9 +107,11 @@ def ingest_file(
     calling_ae: str = "",
     expected_sop_class: str | None = None,
     consume: bool = False,
+    sha256: str | None = None,
 ) -> IngestResult:
     """Ingest the Part 10 file at ``path``. With ``consume`` the file is ours to remove;
-    it must then lie in the archive's incoming folder (the spool, see module doc)."""
+    it must then lie in the archive's incoming folder (the spool, see module doc).
+    ``sha256``: the file's digest when the caller computed it while writing the file."""
     started = time.perf_counter()
     spool = _Spool(os.fspath(path) if consume else _spool_copy(archive, os.fspath(path)))
     # The spool is flushed to disk while we parse and check it: fsync waits on the disk
@@ -121,7 +123,7 @@ def ingest_file(
             parsed = parse_instance(fp, size)
         if expected_sop_class and parsed.sop_class_uid != expected_sop_class:
             raise SOPClassMismatch("SOPClassUID differs from the negotiated SOP class")
-        sha = _sha256(spool.path)
+        sha = sha256 or _sha256(spool.path)
         result = _store_and_index(archive, spool, parsed, size, sha, source, calling_ae, flushing)
     except PacsError as exc:
         metrics.INGEST_FAILURES.labels(reason=type(exc).__name__).inc()
@@ -211,7 +213,7 @@ def _store_and_index(
     _flushed(flushing)
     archive.store.put_file(key, spool.path, synced=True, keep_source=True)
     try:
-        status = _index(archive, parsed, key, size, sha, source, calling_ae)
+        status = _index(archive, parsed, key, size, sha, source, calling_ae, held=existing is not None)
     except BaseException:
         spool.keep = True
         raise
@@ -222,8 +224,11 @@ def _store_and_index(
 
 def _index(
     archive: Archive, parsed: ParsedInstance, key: str, size: int, sha: str,
-    source: str, calling_ae: str,
+    source: str, calling_ae: str, held: bool = True,
 ) -> str:
+    """One transaction: the rows, aggregates and event. ``held=False``: no copy was held
+    a moment ago, so the instance is inserted without looking first (a concurrent copy
+    makes the insert fail on the unique SOP Instance UID, handled below)."""
     row = {
         "sop_instance_uid": parsed.sop_instance_uid,
         "sop_class_uid": parsed.sop_class_uid,
@@ -238,7 +243,7 @@ def _index(
     }
     try:
         with archive.db.write() as conn:
-            return _write_rows(conn, archive, parsed, row)
+            return _write_rows(conn, archive, parsed, row, held)
     except IntegrityError:
         # A concurrent ingest of the same SOP Instance UID committed first.
         current = _existing(archive, parsed.sop_instance_uid)
@@ -253,12 +258,12 @@ _SELECT_OLD = select(Instance.id, Instance.series_fk, Instance.sha256).where(
 _INSERT_INSTANCE = insert(Instance)
 
 
-def _write_rows(conn, archive: Archive, parsed: ParsedInstance, row: dict) -> str:  # type: ignore[no-untyped-def]
+def _write_rows(conn, archive: Archive, parsed: ParsedInstance, row: dict, held: bool = True) -> str:  # type: ignore[no-untyped-def]
     now = time.time()
     patient_pk = upsert_patient(conn, parsed.patient)
     study = lock_study(conn, parsed.study_uid, patient_pk, parsed.study)
     series_pk, new_series = upsert_series(conn, parsed.series_uid, study.id, parsed.series)
-    old = conn.execute(_SELECT_OLD, {"b_sop": parsed.sop_instance_uid}).first()
+    old = conn.execute(_SELECT_OLD, {"b_sop": parsed.sop_instance_uid}).first() if held else None
     if old is not None and old.sha256 == row["sha256"]:
         return "duplicate"  # an identical copy committed meanwhile
     if old is not None:

@@ -192,7 +192,8 @@ def parse_instance_reference(fp: BinaryIO, size: int) -> ParsedInstance:
             fp, dataset_start(fp, size), size,
             explicit=ts != ImplicitVRLittleEndian, little=ts.is_little_endian is not False,
         )
-    if parsed.instance.get("rows") and pixel_pos >= size and _is_image_class(parsed.sop_class_uid):
+    deflated = ts == DeflatedExplicitVRLittleEndian  # file positions mean nothing there
+    if not deflated and parsed.instance.get("rows") and pixel_pos >= size and _is_image_class(parsed.sop_class_uid):
         raise InvalidInstance("image without Pixel Data (truncated object?)")
     if ts != DeflatedExplicitVRLittleEndian and pixel_pos < size:
         _locate_pixel_data(fp, pixel_pos, size, ts, ds, parsed)
@@ -210,10 +211,8 @@ def add_pixel_data_json(body: dict[str, Any], parsed: ParsedInstance, *, compres
 
 def _is_image_class(sop_class_uid: str) -> bool:
     """Storage SOP classes whose IOD requires Pixel Data (image storage, PS3.4 B.5)."""
-    from pynetdicom.sop_class import uid_to_sop_class
-
-    name = getattr(uid_to_sop_class(sop_class_uid), "__name__", "")
-    return name.endswith("ImageStorage") and "Presentation" not in name
+    name = UID(sop_class_uid).name  # e.g. "CT Image Storage"; the UID itself when unknown
+    return name.endswith("Image Storage") and "Presentation" not in name
 
 
 def _element_header(fp: BinaryIO, ts: UID) -> tuple[int, int, bool]:

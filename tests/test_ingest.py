@@ -287,3 +287,12 @@ def test_failed_index_transaction_leaves_nothing_after_the_sweep(archive: Archiv
     assert not list(Path(archive.incoming_dir).glob("*.dcm"))
     assert archive.ingest_bytes(data, source="test").status == "stored"  # and it can come again
     assert archive.store.exists(key)
+
+
+def test_image_cut_before_its_pixel_data_is_refused(archive: Archive) -> None:
+    data = to_bytes(make_ct(seed=11))
+    cut = data[:data.rindex(b"\xe0\x7f\x10\x00")]  # whole elements, but no Pixel Data
+    with pytest.raises(InvalidInstance, match="image without Pixel Data"):
+        archive.ingest_bytes(cut, source="test")
+    with archive.db.read() as conn:
+        assert conn.execute(select(func.count(Instance.id))).scalar() == 0

@@ -50,9 +50,11 @@ def _store(request: DimseRequest) -> Status:
             return refused
         if request.context.abstract_syntax != request.sop_class:
             return Status(0xA900, "Affected SOP Class differs from the presentation context")
+        spool = request.message.dataset
         result = request.archive.ingest_file(
             request.dataset_path, source="dimse", calling_ae=calling,
             expected_sop_class=request.sop_class, consume=True,
+            sha256=getattr(spool, "sha256", None),
         )
     except PacsError as exc:
         log.info("C-STORE from %s refused: %s (0x%04X)", calling, exc.reason, exc.dimse_status)

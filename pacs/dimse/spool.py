@@ -8,6 +8,7 @@ information) are small and kept in memory, up to a limit.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import tempfile
@@ -76,9 +77,17 @@ class FileSpool:
         fd, self.path = tempfile.mkstemp(suffix=".dcm", dir=folder)
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self._file.write(meta)
+        # Hashed as it arrives, so ingest need not read the object again for its key.
+        self._digest = hashlib.sha256(meta)
 
     def write(self, chunk: memoryview | bytes) -> None:
         self._file.write(chunk)
+        self._digest.update(chunk)
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 (hex) of the file's bytes."""
+        return self._digest.hexdigest()
 
     def close(self) -> None:
         """Flush to the file (the object is then read back by ingest)."""
