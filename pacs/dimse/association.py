@@ -330,17 +330,7 @@ class Association:
                 return
 
     def _send_buffers(self, buffers: list[bytes | memoryview]) -> None:
-        pending = deque(memoryview(b).cast("B") for b in buffers)
-        while pending:
-            sent = self.sock.sendmsg(list(pending)[:512])
-            while sent:
-                head = pending[0]
-                if sent >= len(head):
-                    sent -= len(head)
-                    pending.popleft()
-                else:
-                    pending[0] = head[sent:]
-                    sent = 0
+        pdu.send_buffers(self.sock, buffers)
 
     def _send(self, data: bytes) -> None:
         self.sock.sendall(data)

@@ -10,7 +10,9 @@ sub-item. The per-message PDUs (P-DATA-TF, release, abort) are coded here by han
 
 from __future__ import annotations
 
+import socket
 import struct
+from collections import deque
 from typing import Iterator
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
@@ -68,6 +70,22 @@ def iter_pdvs(body: bytes | bytearray | memoryview) -> Iterator[tuple[int, int, 
         pos += 4 + length
     if pos != end:
         raise ValueError("trailing bytes in P-DATA-TF")
+
+
+def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview]) -> None:
+    """Send every buffer in order with as few ``sendmsg`` calls as the kernel allows (one
+    for a whole message in the usual case; no joining copy)."""
+    pending = deque(memoryview(b).cast("B") for b in buffers)
+    while pending:
+        sent = sock.sendmsg(list(pending)[:512])
+        while sent:
+            head = pending[0]
+            if sent >= len(head):
+                sent -= len(head)
+                pending.popleft()
+            else:
+                pending[0] = head[sent:]
+                sent = 0
 
 
 # -- command set elements (Implicit VR Little Endian) ---------------------------------------

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from .pdu import (
     ABORT, APPLICATION_CONTEXT, ASSOCIATE_AC, ASSOCIATE_RJ, ASSOCIATE_RQ, P_DATA, RELEASE_RP,
-    ae_title as _ae, element as _element, item as _item, parse_command, sub_items as _sub_items,
+    ae_title as _ae, element as _element, item as _item, parse_command, send_buffers, sub_items as _sub_items,
     uid_value as _uid,
 )
 from .pdu import abort as abort_pdu, release_rq
@@ -232,17 +231,7 @@ class StoreAssociation:
 
     def _send_all(self, buffers: list[bytes | memoryview]) -> None:
         assert self._sock is not None
-        pending = deque(memoryview(b).cast("B") for b in buffers)
-        while pending:
-            sent = self._sock.sendmsg(list(pending)[:512])
-            while sent:
-                head = pending[0]
-                if sent >= len(head):
-                    sent -= len(head)
-                    pending.popleft()
-                else:
-                    pending[0] = head[sent:]
-                    sent = 0
+        send_buffers(self._sock, buffers)
 
     def _read_store_response(self, msg_id: int) -> tuple[int, str]:
         command = bytearray()
