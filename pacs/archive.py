@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .errors import StorageUnavailable
 from .events import ChangeEvent, read_changes, sweep_stable
 from .index.db import Database
+from .index.writer import SeriesCache
 from .index.migrate import upgrade
 from .ingest import IngestResult, ingest_bytes, ingest_file, sweep_orphans
 from .settings import Settings
@@ -40,6 +41,7 @@ class Archive:
             multipart_threshold=settings.s3_multipart_threshold,
         )
         self.incoming_dir = self._incoming_dir()
+        self.series_cache = SeriesCache()  # ingest's hints, see pacs.index.writer
         if migrate:
             upgrade(self.db)
 

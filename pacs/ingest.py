@@ -40,7 +40,9 @@ from . import metrics
 from .errors import DuplicateConflict, PacsError, SOPClassMismatch, StorageUnavailable
 from .events import EventType, append_event
 from .index.models import Instance, PendingWrite, Series, Study
-from .index.writer import bump_counts, lock_study, upsert_patient, upsert_series
+from .index.writer import (
+    StaleEntry, bump_counts, bump_cached, entry_after_bump, lock_study, upsert_patient, upsert_series,
+)
 from .parse import ParsedInstance, parse_instance
 from .storage import instance_key
 
@@ -242,8 +244,13 @@ def _index(
         **parsed.instance,
     }
     try:
-        with archive.db.write() as conn:
-            return _write_rows(conn, archive, parsed, row, held)
+        try:
+            with archive.db.write() as conn:
+                return _write_rows(conn, archive, parsed, row, held)
+        except StaleEntry:  # rolled back; redo with the look-ups
+            archive.series_cache.forget(parsed.series_uid)
+            with archive.db.write() as conn:
+                return _write_rows(conn, archive, parsed, row, held=True)
     except IntegrityError:
         # A concurrent ingest of the same SOP Instance UID committed first.
         current = _existing(archive, parsed.sop_instance_uid)
@@ -260,6 +267,8 @@ _INSERT_INSTANCE = insert(Instance)
 
 def _write_rows(conn, archive: Archive, parsed: ParsedInstance, row: dict, held: bool = True) -> str:  # type: ignore[no-untyped-def]
     now = time.time()
+    if not held and _write_cached(conn, archive, parsed, row, now):
+        return "stored"
     patient_pk = upsert_patient(conn, parsed.patient)
     study = lock_study(conn, parsed.study_uid, patient_pk, parsed.study)
     series_pk, new_series = upsert_series(conn, parsed.series_uid, study.id, parsed.series)
@@ -274,14 +283,34 @@ def _write_rows(conn, archive: Archive, parsed: ParsedInstance, row: dict, held:
         status = "replaced"
     else:
         conn.execute(_INSERT_INSTANCE, {"series_fk": series_pk, **row})
-        bump_counts(conn, study, series_pk, new_series, parsed.series["modality"], parsed.sop_class_uid, now)
+        modality = parsed.series["modality"]
+        bump_counts(conn, study, series_pk, new_series, modality, parsed.sop_class_uid, now)
+        archive.series_cache.put(parsed.series_uid, entry_after_bump(
+            study, parsed.patient, patient_pk, series_pk, new_series, modality, parsed.sop_class_uid))
         status = "stored"
+    _instance_stored(conn, parsed, replaced=status == "replaced")
+    return status
+
+
+def _write_cached(conn, archive: Archive, parsed: ParsedInstance, row: dict, now: float) -> bool:  # type: ignore[no-untyped-def]
+    """The next instance of a series this process stored before, without looking up its
+    patient, study and series: one conditional update each (study first, the lock order).
+    False when the cache has nothing usable (nothing written)."""
+    entry = archive.series_cache.get(parsed.series_uid, parsed.study_uid, parsed.patient,
+                                     parsed.series["modality"], parsed.sop_class_uid)
+    if entry is None or not bump_cached(conn, entry, now):
+        return False
+    conn.execute(_INSERT_INSTANCE, {"series_fk": entry.series_pk, **row})
+    _instance_stored(conn, parsed, replaced=False)
+    return True
+
+
+def _instance_stored(conn, parsed: ParsedInstance, *, replaced: bool) -> None:  # type: ignore[no-untyped-def]
     append_event(
         conn, EventType.INSTANCE_STORED, study_uid=parsed.study_uid, series_uid=parsed.series_uid,
         sop_instance_uid=parsed.sop_instance_uid,
-        payload={"sop_class_uid": parsed.sop_class_uid, "replaced": status == "replaced"},
+        payload={"sop_class_uid": parsed.sop_class_uid, "replaced": replaced},
     )
-    return status
 
 
 def _touch(conn, study_pk: int, series_pk: int, now: float) -> None:  # type: ignore[no-untyped-def]

@@ -105,3 +105,32 @@ def test_cli_delete(archive: Archive, monkeypatch, capsys) -> None:
     assert main(["delete", study, "1.2.3"]) == 2
     assert main(["delete", study]) == 0
     assert _count(archive, Study) == 0
+
+
+def _aggregates(archive: Archive, study: str) -> tuple:
+    with archive.db.read() as conn:
+        row = conn.execute(select(Study).where(Study.study_uid == study)).one()
+        series = dict(conn.execute(select(Series.series_uid, Series.num_instances)
+                                   .where(Series.study_fk == row.id)).all())
+    return row.num_series, row.num_instances, row.modalities, series
+
+
+@pytest.mark.parametrize("what", ["series", "study", "other-series-modality"])
+def test_ingest_after_delete_keeps_aggregates_exact(archive: Archive, what: str) -> None:
+    """Ingest remembers each series' keys (pacs.index.writer.SeriesCache); a delete in
+    between must not make the next instance miscount or land on a deleted row."""
+    study, series, _ = _study(archive)  # series[0]: 3 CT, series[1]: 2 PT; the cache knows both
+    if what == "series":
+        archive.delete(study, series[0])
+    elif what == "study":
+        archive.delete(study)
+    else:  # the PT series goes: the study's modalities shrink to CT
+        archive.delete(study, series[1])
+    archive.ingest_bytes(to_bytes(make_ct(study=study, series=series[0], seed=99)), source="test")
+    archive.ingest_bytes(to_bytes(make_ct(study=study, series=series[1], seed=98)), source="test")  # CT now
+    expected = {
+        "series": (2, 4, "CT\\PT", {series[0]: 1, series[1]: 2 + 1}),
+        "study": (2, 2, "CT", {series[0]: 1, series[1]: 1}),
+        "other-series-modality": (2, 5, "CT", {series[0]: 4, series[1]: 1}),
+    }[what]
+    assert _aggregates(archive, study) == expected

@@ -8,6 +8,7 @@ associations creating the same study at once both succeed (tech-notes §e).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, select, update
@@ -158,3 +159,86 @@ def delete_empty(conn: Connection, study_pk: int) -> bool:
     if not others:
         conn.execute(delete(Patient).where(Patient.id == patient_pk))
     return True
+
+
+# -- the common case without look-ups ----------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SeriesEntry:
+    """What the last ingest into a series learned: its keys and its study's sets."""
+
+    study_uid: str
+    patient: tuple[tuple[str, Any], ...]
+    patient_pk: int
+    study_pk: int
+    series_pk: int
+    modalities: str
+    sop_classes: str
+
+
+class SeriesCache:
+    """Per process: series UID -> :class:`SeriesEntry`, so that the next instance of a series
+    skips the patient, study and series look-ups. Entries are hints, never trusted: the
+    conditional updates of :func:`bump_cached` check them against the rows."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._entries: dict[str, SeriesEntry] = {}
+
+    def get(self, series_uid: str, study_uid: str, patient: dict[str, Any], modality: str,
+            sop_class: str) -> SeriesEntry | None:
+        entry = self._entries.get(series_uid)
+        if entry is None or entry.study_uid != study_uid or entry.patient != tuple(sorted(patient.items())):
+            return None
+        if modality not in entry.modalities.split("\\") or sop_class not in entry.sop_classes.split("\\"):
+            return None
+        return entry
+
+    def put(self, series_uid: str, entry: SeriesEntry) -> None:
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[series_uid] = entry
+
+    def forget(self, series_uid: str) -> None:
+        self._entries.pop(series_uid, None)
+
+
+class StaleEntry(Exception):
+    """A cached entry no longer matches the rows; the transaction must be redone."""
+
+
+_BUMP_CACHED_STUDY = (
+    update(Study).where(
+        Study.id == bindparam("b_pk"), Study.patient_fk == bindparam("b_patient"),
+        Study.modalities == bindparam("b_modalities"), Study.sop_classes == bindparam("b_sop_classes"),
+    ).values(num_instances=Study.num_instances + 1, last_instance_at=bindparam("b_now"), stable=False)
+)
+_BUMP_CACHED_SERIES = (
+    update(Series).where(Series.id == bindparam("b_pk"), Series.study_fk == bindparam("b_study"))
+    .values(num_instances=Series.num_instances + 1, last_instance_at=bindparam("b_now"), stable=False)
+)
+
+
+def bump_cached(conn: Connection, entry: SeriesEntry, now: float) -> bool:
+    """Count one more instance in a series known from ``entry``, in lock order (study,
+    then series). False when the study row does not match (nothing changed); raises
+    :class:`StaleEntry` when the study matched but the series did not."""
+    matched = conn.execute(_BUMP_CACHED_STUDY, {
+        "b_pk": entry.study_pk, "b_patient": entry.patient_pk, "b_now": now,
+        "b_modalities": entry.modalities, "b_sop_classes": entry.sop_classes,
+    }).rowcount
+    if matched != 1:
+        return False
+    if conn.execute(_BUMP_CACHED_SERIES, {"b_pk": entry.series_pk, "b_study": entry.study_pk,
+                                          "b_now": now}).rowcount != 1:
+        raise StaleEntry(entry.series_pk)
+    return True
+
+
+def entry_after_bump(study: Any, patient: dict[str, Any], patient_pk: int, series_pk: int,
+                     new_series: bool, modality: str, sop_class: str) -> SeriesEntry:
+    """The cache entry for the state :func:`bump_counts` just wrote."""
+    return SeriesEntry(
+        study.study_uid, tuple(sorted(patient.items())), patient_pk, study.id, series_pk,
+        _add_to_set(study.modalities, modality) if new_series else study.modalities,
+        _add_to_set(study.sop_classes, sop_class),
+    )
