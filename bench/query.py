@@ -83,21 +83,33 @@ class LeanFindClient(StoreAssociation):
                                   command.MESSAGE_ID: 1, command.PRIORITY: 0, command.DATASET_TYPE: 0})
         self._send_pdvs(context.context_id, request, 0x03)
         self._send_pdvs(context.context_id, buffer.getvalue(), 0x02)
-        pending = bytearray()
+        for status in self._statuses():
+            yield SimpleNamespace(Status=status), None
+            if status not in (0xFF00, 0xFF01):
+                return
+
+    def _statuses(self) -> Iterator[int]:
+        """Status of each response, parsing PDUs out of large reads (few syscalls)."""
+        assert self._sock is not None
+        data, pos, pending = bytearray(), 0, bytearray()
         while True:
-            kind, body = self._read_pdu()
-            pos = 0
-            while pos + 6 <= len(body):
-                length, flags = int.from_bytes(body[pos:pos + 4], "big"), body[pos + 5]
+            while len(data) - pos < 6 or len(data) - pos < 6 + int.from_bytes(data[pos + 2:pos + 6], "big"):
+                chunk = self._sock.recv(1 << 20)
+                if not chunk:
+                    raise ConnectionError("server closed the association")
+                data = data[pos:] + chunk
+                pos = 0
+            end = pos + 6 + int.from_bytes(data[pos + 2:pos + 6], "big")
+            item = pos + 6
+            while item + 6 <= end:
+                length, flags = int.from_bytes(data[item:item + 4], "big"), data[item + 5]
                 if flags & 1:
-                    pending += body[pos + 6:pos + 4 + length]
+                    pending += data[item + 6:item + 4 + length]
                     if flags & 2:
-                        status = Command.decode(pending).us(command.STATUS)
+                        yield Command.decode(pending).us(command.STATUS) or 0
                         pending = bytearray()
-                        yield SimpleNamespace(Status=status), None
-                        if status not in (0xFF00, 0xFF01):
-                            return
-                pos += 4 + length
+                item += 4 + length
+            pos = end
 
     def send_c_find(self, identifier: Dataset, model: Any) -> Iterator[tuple[Any, None]]:
         return self.find(identifier)

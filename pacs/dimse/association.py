@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 #: Largest PDV we send when the peer sets no limit (Maximum Length 0).
 UNLIMITED_PDV = 1 << 20
+#: Deferred messages are sent once this many bytes wait (see :meth:`Association.send`).
+DEFERRED_BYTES = 64 << 10
 
 
 class AssociationClosed(Exception):
@@ -102,6 +104,8 @@ class Association:
         self._current: Message | None = None
         self._cancelled: set[int] = set()
         self._header = bytearray(6)
+        self._outbox: list[bytes | memoryview] = []
+        self._outbox_bytes = 0
 
     # -- negotiation (PS3.8 7.1, PS3.7 D.3.3) ---------------------------------------------------
     def negotiate(self, active: int) -> bool:
@@ -297,14 +301,28 @@ class Association:
         self._ready.clear()
 
     # -- sending -----------------------------------------------------------------------------
-    def send(self, context_id: int, command: bytes, dataset: bytes | Iterable[bytes] | None = None) -> None:
+    def send(self, context_id: int, command: bytes, dataset: bytes | Iterable[bytes] | None = None,
+             *, defer: bool = False) -> None:
         """One DIMSE message: its command set, then its data set (bytes, or chunks streamed
-        as they come), in P-DATA-TF PDUs no larger than the peer accepts (PS3.8 9.3.5)."""
-        buffers: list[bytes | memoryview] = []
+        as they come), in P-DATA-TF PDUs no larger than the peer accepts (PS3.8 9.3.5).
+
+        ``defer`` (a message whose data set is bytes): queue it and send it with the next
+        message that is not deferred or once ~64 KiB are queued: C-FIND's pending
+        responses then cost one ``sendmsg`` per batch instead of one each.
+        """
+        buffers, self._outbox = self._outbox, []
         self._fragment(buffers, context_id, command, pdu.COMMAND | pdu.LAST)
-        if dataset is None:
-            self._send_buffers(buffers)
+        if dataset is None or isinstance(dataset, (bytes, bytearray, memoryview)):
+            if dataset is not None:
+                self._fragment(buffers, context_id, dataset, pdu.LAST)
+            self._outbox_bytes += len(command) + (len(dataset) if dataset is not None else 0)
+            if defer and self._outbox_bytes < DEFERRED_BYTES:
+                self._outbox = buffers
+            else:
+                self._outbox_bytes = 0
+                self._send_buffers(buffers)
             return
+        self._outbox_bytes = 0
         chunks = iter([dataset] if isinstance(dataset, (bytes, bytearray, memoryview)) else dataset)
         current = next(chunks, b"")
         while True:

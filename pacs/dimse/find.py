@@ -133,7 +133,7 @@ def handle_find(request: DimseRequest) -> None:
             request.respond(Status(CANCEL))
             return
         identifier = _response(match.json, tags, query.level, archive.settings.ae_title, implicit_vr)
-        request.respond(Status(PENDING), dataset=identifier)
+        request.respond(Status(PENDING), dataset=identifier, defer=True)
     request.respond(Status(SUCCESS))
 
 

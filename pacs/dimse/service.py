@@ -85,15 +85,16 @@ class DimseRequest:
         return self.assoc.cancelled(self.command.message_id)
 
     def respond(self, status: Status | int, *, dataset: bytes | Dataset | None = None,
-                extra: dict[int, cmd.Value] | None = None) -> None:
-        """Send a response with ``status`` (and its Error Comment) and an optional data set."""
+                extra: dict[int, cmd.Value] | None = None, defer: bool = False) -> None:
+        """Send a response with ``status`` (and its Error Comment) and an optional data set;
+        ``defer``: it may wait for the next response (:meth:`Association.send`)."""
         if isinstance(status, int):
             status = Status(status)
         if isinstance(dataset, Dataset):
             dataset = encode_dataset(dataset, self.context.transfer_syntax)
         command = cmd.response(self.command, RESPONSE_FIELD[self.command.field], status.code,
                                comment=status.comment, has_dataset=dataset is not None, extra=extra)
-        self.assoc.send(self.context.context_id, command, dataset)
+        self.assoc.send(self.context.context_id, command, dataset, defer=defer)
 
 
 def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:

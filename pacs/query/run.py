@@ -7,7 +7,7 @@ these JSON objects: QIDO-RS returns them, C-FIND turns them into identifiers.
 
 from __future__ import annotations
 
-import json
+import orjson
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -107,6 +107,6 @@ def search(db: Database, query: Query, tags: list[str] | None = None) -> Iterato
                 select(Instance.id, Instance.dicom_json).where(Instance.id.in_(chunk))
             ).tuples().all())
     for row in rows:
-        body = json.loads(bodies[row.rep]) if row.rep in bodies else {}
+        body = orjson.loads(bodies[row.rep]) if row.rep in bodies else {}  # 2x json.loads' speed
         body.update(_computed(query.level, row))
         yield Match(int(row.pk), _select_tags(body, tags))
