@@ -33,7 +33,8 @@ class Archive:
     def __init__(self, settings: Settings, *, store: BlobStore | None = None, migrate: bool = True) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(settings.resolved_database_url, pool_size=max(10, settings.max_associations + 8))
+        self.db = Database(settings.resolved_database_url, pool_size=max(10, settings.max_associations + 8),
+                           sqlite_synchronous=settings.sqlite_synchronous)
         self.store = store or open_blob_store(
             settings.resolved_storage_url,
             endpoint_url=settings.s3_endpoint_url,

@@ -296,3 +296,14 @@ def test_image_cut_before_its_pixel_data_is_refused(archive: Archive) -> None:
         archive.ingest_bytes(cut, source="test")
     with archive.db.read() as conn:
         assert conn.execute(select(func.count(Instance.id))).scalar() == 0
+
+
+@pytest.mark.parametrize("mode, level", [("full", 2), ("normal", 1)])
+def test_sqlite_synchronous_setting(settings, mode: str, level: int) -> None:
+    """PACS_SQLITE_SYNCHRONOUS reaches every connection (FULL = 2: power-loss safe commits)."""
+    archive = Archive(settings.replace(sqlite_synchronous=mode))
+    if not archive.db.is_sqlite:
+        pytest.skip("SQLite only")
+    with archive.db.read() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == level
+    archive.close()
