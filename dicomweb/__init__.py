@@ -1,1 +1,2 @@
-"""DICOMweb (PS3.18) front door: STOW-RS, QIDO-RS, WADO-RS. Built in its own issue."""
+"""DICOMweb (PS3.18) front door: QIDO-RS (``qido``, ``routes``) for now; STOW-RS and
+WADO-RS follow. Added to the HTTP server through the ``pacs.http`` entry point."""

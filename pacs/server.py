@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from importlib.metadata import entry_points
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -22,6 +23,8 @@ from .web import create_app
 
 log = logging.getLogger(__name__)
 
+#: Entry-point group of HTTP front doors: each is ``setup(app, archive)`` (e.g. ``dicomweb``).
+HTTP_ENTRY_POINTS = "pacs.http"
 DIMSE = web.AppKey("dimse", DimseServer)
 ORPHAN_SWEEP_EVERY = 60.0
 
@@ -45,11 +48,20 @@ async def _orphan_loop(archive: Archive) -> None:
             log.exception("orphan sweep failed; retrying")
 
 
+def add_http_doors(app: web.Application, archive: Archive) -> None:
+    """Call every installed ``pacs.http`` entry point with ``(app, archive)``, by name, so
+    that ``pacs/`` composes the protocol packages without importing them."""
+    for entry in sorted(entry_points(group=HTTP_ENTRY_POINTS), key=lambda e: e.name):
+        log.debug("adding HTTP routes of %s (%s)", entry.name, entry.value)
+        entry.load()(app, archive)
+
+
 def build_application(
     archive: Archive, *, dimse_port: int | None = None, reuse_port: bool = False
 ) -> web.Application:
     """The full application: archive routes, DICOMweb routes when present, DIMSE, sweeps."""
     app = create_app(archive)
+    add_http_doors(app, archive)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         try:

@@ -81,7 +81,10 @@ def _single(keyword: str, vr: str, value: str) -> Matcher:
         return Matcher(keyword, MatchKind.RANGE, (normalise_time(value), normalise_time(value, upper=True)))
     elif vr == "IS":
         try:
-            return Matcher(keyword, MatchKind.SINGLE, int(value))
+            number = int(value)
         except ValueError:
             raise InvalidQuery(f"{keyword}: not an integer") from None
+        if not -(2**31) <= number < 2**31:  # IS range (PS3.5 Table 6.2-1); larger overflows SQL
+            raise InvalidQuery(f"{keyword}: integer out of range")
+        return Matcher(keyword, MatchKind.SINGLE, number)
     return Matcher(keyword, MatchKind.SINGLE, value)

@@ -1,0 +1,130 @@
+"""The DICOMweb routes under ``/dicom-web``: QIDO-RS (PS3.18 10.6) and CORS.
+
+``setup(app, archive)`` is the ``pacs.http`` entry point that
+:func:`pacs.server.build_application` calls; ``pacs/`` never imports this package.
+Handlers translate HTTP into calls on the archive's query model and back; domain errors
+(:class:`pacs.errors.PacsError`, e.g. ``InvalidQuery`` → 400) are mapped by the one
+error middleware of :mod:`pacs.web`. Blocking database work runs in the default executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from pacs.archive import Archive
+from pacs.query import Level, search
+from pacs.web import ARCHIVE
+
+from . import qido
+
+PREFIX = "/dicom-web"
+DICOM_JSON = "application/dicom+json"
+#: Accept media ranges a QIDO-RS JSON answer satisfies (PS3.18 8.7.4, 10.6.1.3).
+_ACCEPTABLE = {DICOM_JSON, "application/json", "application/*", "*/*"}
+#: Search transactions: target resource path (PS3.18 Table 10.6.1-2) and query level.
+QIDO_ROUTES: tuple[tuple[str, Level], ...] = (
+    ("/studies", Level.STUDY),
+    ("/series", Level.SERIES),
+    ("/instances", Level.IMAGE),
+    ("/studies/{study}/series", Level.SERIES),
+    ("/studies/{study}/instances", Level.IMAGE),
+    ("/studies/{study}/series/{series}/instances", Level.IMAGE),
+)
+MORE_RESULTS = "There are additional results that can be requested"
+OVER_MAXIMUM = ("The number of results exceeded the maximum supported by the server "
+                "({}). Additional results can be requested")
+
+
+def _not_acceptable(request: web.Request) -> web.Response | None:
+    """A 406 answer when the Accept header (PS3.18 8.7.4) excludes DICOM JSON."""
+    header = request.headers.get("Accept", "").strip()
+    if not header:
+        return None
+    ranges = [part.split(";")[0].strip().lower() for part in header.split(",")]
+    if any(r in _ACCEPTABLE for r in ranges):
+        return None
+    return web.json_response({"error": f"QIDO-RS answers {DICOM_JSON} only, not {header}"}, status=406)
+
+
+def _path_uids(request: web.Request) -> dict[str, str]:
+    path = {}
+    if "study" in request.match_info:
+        path["StudyInstanceUID"] = request.match_info["study"]
+    if "series" in request.match_info:
+        path["SeriesInstanceUID"] = request.match_info["series"]
+    return path
+
+
+def _answer(archive: Archive, parsed: qido.QidoRequest, base: str) -> tuple[bytes, bool]:
+    """Run the search and encode the page (blocking: called in the executor). Returns the
+    JSON array and whether more matches exist beyond it."""
+    level = parsed.query.level
+    matches = list(search(archive.db, parsed.query, parsed.tags))
+    page = [qido.shape(level, m.json, parsed.tags, base) for m in matches[:parsed.page]]
+    return json.dumps(page, ensure_ascii=False).encode("utf-8"), len(matches) > parsed.page
+
+
+async def qido_search(request: web.Request, level: Level) -> web.Response:
+    """A QIDO-RS search (PS3.18 10.6): 200 with a JSON array of DICOM JSON objects (PS3.18
+    F.2), ``[]`` when nothing matches (PS3.18 10.6.3; current editions answer zero matches
+    with 200 and an empty list, older ones allowed 204); a ``Warning: 299``
+    header when more matches remain than were returned (PS3.18 8.3.4.4.1)."""
+    refused = _not_acceptable(request)
+    if refused is not None:
+        return refused
+    parsed = qido.parse(level, request.query.items(), _path_uids(request))
+    base = f"{request.scheme}://{request.host}{PREFIX}"
+    loop = asyncio.get_running_loop()
+    body, more = await loop.run_in_executor(None, _answer, request.app[ARCHIVE], parsed, base)
+    headers = {"Content-Type": DICOM_JSON}
+    if more:
+        text = MORE_RESULTS if parsed.limit_given else OVER_MAXIMUM.format(parsed.page)
+        headers["Warning"] = f'299 {request.host} "{text}"'
+    return web.Response(body=body, headers=headers)
+
+
+def _search_handler(level: Level) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        return await qido_search(request, level)
+
+    handler.__name__ = f"qido_{level.value.lower()}"
+    return handler
+
+
+async def preflight(request: web.Request) -> web.Response:
+    """CORS preflight (Fetch standard) of a /dicom-web route: any origin, the methods the
+    routes serve, the headers the browser asks for; browsers may cache it for a day."""
+    asked = request.headers.get("Access-Control-Request-Headers", "")
+    return web.Response(status=204, headers={
+        "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+        "Access-Control-Allow-Headers": asked or "Accept, Authorization, Content-Type",
+        "Access-Control-Max-Age": "86400",
+    })
+
+
+async def cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer under /dicom-web (errors included) may be read by any origin, and
+    the Warning header of a truncated search is visible to browser code."""
+    if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["Access-Control-Expose-Headers"] = "Warning, Content-Type"
+
+
+def setup(app: web.Application, archive: Archive | None = None) -> None:
+    """Add the DICOMweb routes and CORS to ``app`` (the ``pacs.http`` entry point).
+
+    The archive is taken from ``app[ARCHIVE]`` at request time; ``archive`` is accepted
+    for the entry-point signature and used only when the app has none yet."""
+    if archive is not None and ARCHIVE not in app:
+        app[ARCHIVE] = archive
+    for path, level in QIDO_ROUTES:
+        app.router.add_get(PREFIX + path, _search_handler(level))
+        app.router.add_route("OPTIONS", PREFIX + path, preflight)
+    app.on_response_prepare.append(cors_headers)
+
+
+__all__ = ["PREFIX", "QIDO_ROUTES", "qido_search", "setup"]
