@@ -377,9 +377,9 @@ class _Walker:
 
     def bulk_uri(self, vr: str, pos: int, length: int) -> dict:
         """A BulkDataURI for a binary value too long for InlineBinary (F.2.7)."""
-        if self.defined:  # pydicom gives offsets inside such a sequence, not in the file
-            raise Declined("bulk data inside a sequence of defined length")
-        self.bulk.append([pos, length])
+        # Inside a sequence of defined length the reference cannot locate the value in the
+        # file (pydicom counts from the sequence) and records it unknown: so do we.
+        self.bulk.append([-1, 0] if self.defined else [pos, length])
         return {"vr": vr, "BulkDataURI": f"{BULK_PREFIX}{len(self.bulk) - 1}"}
 
     def uid(self, tag: int, vr: str, pos: int, length: int) -> dict:

@@ -180,7 +180,7 @@ def parse_instance_reference(fp: BinaryIO, size: int) -> ParsedInstance:
         if meta_sop and str(meta_sop).rstrip("\x00 ") != parsed.sop_instance_uid:
             raise InvalidInstance("MediaStorageSOPInstanceUID differs from SOPInstanceUID")
         track_offsets = ts != DeflatedExplicitVRLittleEndian
-        body = _build_json(ds, parsed, track_offsets=track_offsets)
+        body = _build_json(ds, parsed, track_offsets=track_offsets, fp=fp)
         values = _extract_index_values(body)
     except InvalidInstance:
         raise
@@ -303,13 +303,30 @@ def _encapsulated_frames(
     return None, end  # fragments of unknown grouping: frames are found by decoding later
 
 
-def _build_json(ds: Dataset, parsed: ParsedInstance, *, track_offsets: bool) -> dict[str, Any]:
-    """DICOM JSON (PS3.18 F.2) with bulk data replaced by ``bulk:`` relative URIs."""
+def _holds(fp: BinaryIO | None, offset: int, value: Any) -> bool:
+    """Whether ``fp`` holds the bytes ``value`` at ``offset`` (its position is restored)."""
+    if fp is None or not isinstance(value, (bytes, bytearray)):
+        return False
+    position = fp.tell()
+    try:
+        fp.seek(offset)
+        return fp.read(len(value)) == value
+    finally:
+        fp.seek(position)
+
+
+def _build_json(ds: Dataset, parsed: ParsedInstance, *, track_offsets: bool,
+                fp: BinaryIO | None = None) -> dict[str, Any]:
+    """DICOM JSON (PS3.18 F.2) with bulk data replaced by ``bulk:`` relative URIs.
+
+    A bulk value's byte range is kept only when the file holds that value there: inside a
+    sequence of defined length pydicom's ``file_tell`` counts from the sequence, not the
+    file, and such values get ``[-1, 0]`` (found by decoding when served)."""
 
     def bulk_handler(elem: DataElement) -> str:
         index = len(parsed.bulk_ranges)
         tell = getattr(elem, "file_tell", None)
-        if track_offsets and tell is not None and elem.value is not None:
+        if track_offsets and tell is not None and elem.value is not None and _holds(fp, int(tell), elem.value):
             parsed.bulk_ranges.append([int(tell), len(elem.value)])
         else:
             parsed.bulk_ranges.append([-1, 0])

@@ -270,7 +270,7 @@ CASES: dict[str, tuple[Callable[[], bytes], bool]] = {
     "sequences-defined": (lambda: to_bytes(_with_sequences(False)), True),
     "private": (lambda: to_bytes(_private()), True),
     "bulk": (lambda: to_bytes(_bulk()), True),
-    "bulk-in-defined-sequence": (lambda: to_bytes(_bulk(undefined=False)), False),
+    "bulk-in-defined-sequence": (lambda: to_bytes(_bulk(undefined=False)), True),
     "icon-and-bulk-limit": (lambda: to_bytes(_icon()), True),
     "utf8": (lambda: to_bytes(_charset("ISO_IR 192", "Wang^XiaoDong=王^小東", "中文 テキスト")), True),
     "latin1": (lambda: to_bytes(_charset("ISO_IR 100", "Müller^Zoë", "Straße Café")), True),
@@ -494,3 +494,22 @@ def test_unusual_encodings_are_declined() -> None:
     check(_spliced(data, b"\x08\x00\x16\x00UI", _element(0x00080008, "XX", b"ORIGINAL")), fast=False)
     check(data[:128] + b"DICX" + data[132:], fast=False)
     check(to_bytes(_charset("ISO_IR 100\\ISO 2022 IR 87", "Doe^John", "text")), fast=False)
+
+
+@pytest.mark.parametrize("undefined", [True, False])
+def test_bulk_ranges_point_at_the_values(undefined: bool) -> None:
+    """Every recorded bulk range holds exactly its value's bytes in the file; a value the
+    reference cannot locate (inside a sequence of defined length) is recorded [-1, 0]."""
+    import io
+
+    from pydicom import dcmread
+
+    data = to_bytes(_bulk(undefined=undefined))
+    parsed = parse.parse_instance(io.BytesIO(data), len(data))
+    ds = dcmread(io.BytesIO(data))
+    values = [e.value for e in ds.iterall() if e.VR in ("OB", "OW", "UN") and e.tag != 0x7FE00010
+              and isinstance(e.value, bytes) and len(e.value) > 1024 * 3 // 4]
+    assert len(parsed.bulk_ranges) == len(values) >= 2
+    located = [r for r in parsed.bulk_ranges if r != [-1, 0]]
+    assert all(data[o:o + n] in values for o, n in located)
+    assert (len(located) == len(values)) is undefined  # defined length: the nested one unknown
