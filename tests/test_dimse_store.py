@@ -215,3 +215,26 @@ def test_dcmtk_echoscu(server: ThreadedServer) -> None:
     proc = subprocess.run([dcmtk_tool("echoscu"), "-aec", "PACS", "127.0.0.1", str(server.dimse_port)],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_index_failure_after_the_object_write_is_cleaned_by_the_sweep(server: ThreadedServer, monkeypatch) -> None:
+    """C-STORE answers a failure; the written object is not indexed and the spool stays in
+    the incoming folder as its record, so the orphan sweep removes it."""
+    import pacs.ingest
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("index write failed")
+
+    monkeypatch.setattr(pacs.ingest, "_write_rows", broken)
+    archive = server.archive
+    assoc = _associate(server, [(CTImageStorage, [ExplicitVRLittleEndian])])
+    status = assoc.send_c_store(make_ct(seed=5))
+    assoc.release()
+    assert status.Status == 0x0110
+    assert _count(server) == 0
+    objects = [p for p in Path(archive.store.root).rglob("*.dcm") if ".tmp" not in p.parts]
+    assert len(objects) == 1 and len(list(Path(archive.incoming_dir).glob("*.dcm"))) == 1
+    monkeypatch.undo()
+    assert archive.sweep_orphans(grace_seconds=0) == 1
+    assert not [p for p in Path(archive.store.root).rglob("*.dcm") if ".tmp" not in p.parts]
+    assert not list(Path(archive.incoming_dir).glob("*.dcm"))

@@ -51,6 +51,8 @@ def _store(request: DimseRequest) -> Status:
         if request.context.abstract_syntax != request.sop_class:
             return Status(0xA900, "Affected SOP Class differs from the presentation context")
         spool = request.message.dataset
+        if spool is not None:
+            spool.consumed = True  # from here on the file is ingest's (see FileSpool)
         result = request.archive.ingest_file(
             request.dataset_path, source="dimse", calling_ae=calling,
             expected_sop_class=request.sop_class, consume=True,

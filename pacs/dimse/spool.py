@@ -73,6 +73,10 @@ class FileSpool:
 
     data = None
 
+    #: Set when ingest took the file over: it then removes the file, or leaves it for the
+    #: orphan sweep as the record of an object written but not indexed.
+    consumed = False
+
     def __init__(self, folder: str, meta: bytes) -> None:
         fd, self.path = tempfile.mkstemp(suffix=".dcm", dir=folder)
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
@@ -96,6 +100,8 @@ class FileSpool:
 
     def discard(self) -> None:
         self.close()
+        if self.consumed:
+            return
         try:
             os.unlink(self.path)
         except FileNotFoundError:
