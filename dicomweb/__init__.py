@@ -1,2 +1,3 @@
-"""DICOMweb (PS3.18) front door: QIDO-RS (``qido``, ``routes``) for now; STOW-RS and
-WADO-RS follow. Added to the HTTP server through the ``pacs.http`` entry point."""
+"""DICOMweb (PS3.18) front door: QIDO-RS (``qido``, ``routes``) and WADO-RS retrieve and
+metadata (``wado``, ``accept``); WADO-RS frames/bulk data/rendered and STOW-RS follow.
+Added to the HTTP server through the ``pacs.http`` entry point."""

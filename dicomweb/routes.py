@@ -1,4 +1,5 @@
-"""The DICOMweb routes under ``/dicom-web``: QIDO-RS (PS3.18 10.6) and CORS.
+"""The DICOMweb routes under ``/dicom-web``: QIDO-RS (PS3.18 10.6), WADO-RS (PS3.18 10.4,
+:mod:`dicomweb.wado`) and CORS.
 
 ``setup(app, archive)`` is the ``pacs.http`` entry point that
 :func:`pacs.server.build_application` calls; ``pacs/`` never imports this package.
@@ -19,7 +20,7 @@ from pacs.archive import Archive
 from pacs.query import Level, search
 from pacs.web import ARCHIVE
 
-from . import qido
+from . import qido, wado
 
 PREFIX = "/dicom-web"
 DICOM_JSON = "application/dicom+json"
@@ -108,10 +109,11 @@ async def preflight(request: web.Request) -> web.Response:
 
 async def cors_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer under /dicom-web (errors included) may be read by any origin, and
-    the Warning header of a truncated search is visible to browser code."""
+    the Warning header of a truncated search and the ETag of metadata are visible to
+    browser code."""
     if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
         response.headers["Access-Control-Allow-Origin"] = "*"
-        response.headers["Access-Control-Expose-Headers"] = "Warning, Content-Type"
+        response.headers["Access-Control-Expose-Headers"] = "Warning, Content-Type, ETag"
 
 
 def setup(app: web.Application, archive: Archive | None = None) -> None:
@@ -123,6 +125,9 @@ def setup(app: web.Application, archive: Archive | None = None) -> None:
         app[ARCHIVE] = archive
     for path, level in QIDO_ROUTES:
         app.router.add_get(PREFIX + path, _search_handler(level))
+        app.router.add_route("OPTIONS", PREFIX + path, preflight)
+    for path, handler in wado.WADO_ROUTES:
+        app.router.add_get(PREFIX + path, handler)
         app.router.add_route("OPTIONS", PREFIX + path, preflight)
     app.on_response_prepare.append(cors_headers)
 

@@ -1,0 +1,322 @@
+"""WADO-RS (PS3.18 10.4): retrieve studies, series, instances and their metadata.
+
+* **Metadata** (PS3.18 10.4.1.1.2, answer 10.4.3 / F.2): a JSON array of every instance's
+  DICOM JSON, read from the index only (never from the objects): the stored per-instance
+  text is concatenated after its relative ``bulk:<n>`` / ``bulk:pixeldata`` BulkDataURIs
+  are made absolute (:func:`expand_bulk_uris`). The answer for a study is built in memory
+  (a 2,000-instance study is a few MB). A strong ETag derived from the instances'
+  SHA-256 values and the base URL answers ``If-None-Match`` with 304 after one small
+  query, before any JSON is read.
+* **Instances** (PS3.18 10.4.1.1.1, answer 8.7.3 / 8.7.5): ``multipart/related;
+  type="application/dicom"``, one Part 10 object per part, streamed chunk by chunk from
+  the blob store (reads run in the executor; one chunk of one object is held at a
+  time). The transfer syntax of each part follows :mod:`dicomweb.accept`; an object
+  that must be transcoded is decoded whole, alone, in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Iterable
+
+from aiohttp import web
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+
+from pacs.archive import Archive
+from pacs.errors import NotFound, PacsError, StorageUnavailable
+from pacs.index.models import Instance, Series, Study
+from pacs.query import Level, Query, make_matcher
+from pacs.query.sql import compile_query
+from pacs.retrieve import RetrieveItem, encode_dataset, load_dataset, plan, transcode
+from pacs.storage import BlobNotFound
+from pacs.web import ARCHIVE
+
+from . import accept
+
+log = logging.getLogger(__name__)
+
+#: Bytes read from the blob store per write to the client.
+CHUNK_SIZE = 1 << 20
+#: Bumped whenever the metadata representation changes, so old ETags stop matching.
+METADATA_VERSION = "wado-metadata-1"
+_BULK_URI = re.compile(r'"BulkDataURI"(\s*):(\s*)"bulk:')
+_PATH_KEYS = (("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID"), ("sop", "SOPInstanceUID"))
+
+
+class NotAcceptable(PacsError):
+    """No representation the Accept header admits can be produced (PS3.18 8.7.4): 406."""
+
+    http_status = 406
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataRow:
+    """One instance's stored DICOM JSON and what its absolute URIs are built from."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sha256: str
+    dicom_json: str
+
+
+# -- the target resource ------------------------------------------------------------------
+def path_uids(match_info: dict[str, str]) -> dict[str, str]:
+    """The UIDs of the target resource (PS3.18 10.4.1.1), by attribute keyword."""
+    return {keyword: match_info[name] for name, keyword in _PATH_KEYS if name in match_info}
+
+
+def target_query(uids: dict[str, str]) -> Query:
+    """The IMAGE-level query of the instances under the target resource.
+
+    Malformed UIDs raise :class:`pacs.errors.InvalidQuery` (400), as in QIDO-RS."""
+    return Query(Level.IMAGE, [make_matcher(keyword, [uid]) for keyword, uid in uids.items()])
+
+
+def not_found(uids: dict[str, str]) -> NotFound:
+    """404 naming the resource that is not held (PS3.18 10.4.3 "Not Found")."""
+    study, series = uids["StudyInstanceUID"], uids.get("SeriesInstanceUID")
+    if "SOPInstanceUID" in uids:
+        return NotFound(f"instance {uids['SOPInstanceUID']} of series {series} of study {study} not found")
+    if series is not None:
+        return NotFound(f"series {series} of study {study} not found")
+    return NotFound(f"study {study} not found")
+
+
+def instance_url(base: str, study: str, series: str, sop: str) -> str:
+    """The WADO-RS URL of an instance (PS3.18 10.4.1.1.1)."""
+    return f"{base}/studies/{study}/series/{series}/instances/{sop}"
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in the default executor (blocking database and store work)."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+# -- metadata ----------------------------------------------------------------------------
+def _metadata_rows(archive: Archive, query: Query, with_json: bool) -> list[MetadataRow]:
+    """The target's instances in index order, from one SELECT (blocking)."""
+    columns: list[Any] = [Study.study_uid, Series.series_uid, Instance.sop_instance_uid, Instance.sha256]
+    if with_json:
+        columns.append(Instance.dicom_json)
+    stmt = compile_query(query).with_only_columns(*columns, maintain_column_froms=True)
+    with archive.db.read() as conn:
+        rows = conn.execute(stmt).all()
+    return [MetadataRow(*row, *([] if with_json else [""])) for row in rows]
+
+
+def metadata_etag(rows: Iterable[MetadataRow], base: str) -> str:
+    """A strong entity tag (RFC 9110 8.8.3) of a metadata answer: it changes whenever an
+    instance is added, removed or replaced (its SHA-256), or the URIs' base changes."""
+    digest = hashlib.sha256(f"{METADATA_VERSION}\n{base}\n".encode())
+    for row in rows:
+        digest.update(f"{row.sop_uid}:{row.sha256}\n".encode())
+    return f'"{digest.hexdigest()[:40]}"'
+
+
+def etag_matches(header: str | None, etag: str) -> bool:
+    """``If-None-Match`` (RFC 9110 13.1.2, weak comparison) names ``etag`` or is ``*``."""
+    if not header:
+        return False
+    tags = [t.strip() for t in header.split(",")]
+    return "*" in tags or etag in (t[2:] if t.startswith("W/") else t for t in tags)
+
+
+def expand_bulk_uris(stored: str, url: str) -> str:
+    """The stored DICOM JSON text with its relative BulkDataURIs made absolute
+    (PS3.18 F.2.7): ``bulk:<n>`` becomes ``<url>/bulk/<n>`` and ``bulk:pixeldata``
+    ``<url>/bulk/pixeldata``, where ``url`` is the instance's WADO-RS URL.
+
+    Works on the text: outside strings the quotes of ``"BulkDataURI":"`` are structural
+    (a string's own quotes are escaped), so only BulkDataURI values are rewritten."""
+    prefix = json.dumps(f"{url}/bulk/", ensure_ascii=False)[1:-1]
+    return _BULK_URI.sub(lambda m: f'"BulkDataURI"{m[1]}:{m[2]}"{prefix}', stored)
+
+
+def metadata_body(rows: Iterable[MetadataRow], base: str) -> bytes:
+    """The JSON array of the instances' DICOM JSON objects (PS3.18 F.2), UTF-8."""
+    parts = (expand_bulk_uris(r.dicom_json, instance_url(base, r.study_uid, r.series_uid, r.sop_uid))
+             for r in rows)
+    return ("[" + ",".join(parts) + "]").encode("utf-8")
+
+
+async def retrieve_metadata(request: web.Request) -> web.Response:
+    """GET ``.../metadata`` (PS3.18 10.4.1.1.2): 200 with the DICOM JSON array and an
+    ETag; 304 when ``If-None-Match`` names the current ETag; 404 when nothing matches;
+    406 when the Accept header excludes DICOM JSON."""
+    if not accept.accepts_json(request.headers.get("Accept")):
+        raise NotAcceptable(f"metadata is answered as {accept.DICOM_JSON} only")
+    uids = path_uids(dict(request.match_info))
+    query, base = target_query(uids), base_url(request)
+    archive = request.app[ARCHIVE]
+    if request.headers.get("If-None-Match"):
+        current = await _call(_metadata_rows, archive, query, False)
+        etag = metadata_etag(current, base)
+        if current and etag_matches(request.headers.get("If-None-Match"), etag):
+            return web.Response(status=304, headers={"ETag": etag})
+    rows = await _call(_metadata_rows, archive, query, True)
+    if not rows:
+        raise not_found(uids)
+    body = await _call(metadata_body, rows, base)
+    return web.Response(body=body, headers={"Content-Type": accept.DICOM_JSON,
+                                            "ETag": metadata_etag(rows, base)})
+
+
+def base_url(request: web.Request) -> str:
+    """The DICOMweb root as the client addressed it (scheme, Host, ``/dicom-web``)."""
+    from .routes import PREFIX
+
+    return f"{request.scheme}://{request.host}{PREFIX}"
+
+
+# -- instances -------------------------------------------------------------------------
+def transcoded_part10(archive: Archive, item: RetrieveItem, target: str) -> tuple[bytes, bytes]:
+    """Preamble and File Meta Information (PS3.10 7.1) naming ``target``, and the
+    dataset transcoded to ``target`` (the whole object decoded in memory; blocking).
+
+    The steps of :func:`pacs.retrieve.transcoded_bytes`, kept apart so that the
+    object's own File Meta Information (source AE, implementation) is sent on, with
+    only its Transfer Syntax UID changed."""
+    ds = transcode(load_dataset(archive, item), target)
+    meta = DicomBytesIO()
+    meta.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    return meta.parent.getvalue(), encode_dataset(ds, target)  # type: ignore[attr-defined]
+
+
+def _plan_parts(archive: Archive, query: Query, wanted: list[str]) -> list[tuple[RetrieveItem, str]]:
+    """Each instance with the syntax it is sent in (blocking); 406 before anything is
+    sent when one of them cannot be sent in any acceptable syntax (PS3.18 8.7.4)."""
+    parts = []
+    for item in plan(archive, query):
+        syntax = accept.negotiate(item.transfer_syntax_uid, wanted)
+        if syntax is None:
+            raise NotAcceptable(
+                f"instance {item.sop_instance_uid} is stored as {item.transfer_syntax_uid} and cannot "
+                f"be sent in {', '.join(wanted)} (transcoding reaches only Explicit/Implicit VR "
+                "Little Endian, from syntaxes with an available decoder)")
+        parts.append((item, syntax))
+    return parts
+
+
+@dataclass
+class PartSource:
+    """The content of one part, ready to write: an open stored object (sent as stored)
+    or a transcoded object's bytes."""
+
+    item: RetrieveItem
+    syntax: str
+    stream: BinaryIO | None = None
+    data: bytes = b""
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+
+
+class ResponseAborted(Exception):
+    """A part failed after the status was sent: the connection is closed unfinished.
+
+    Deliberately not a :class:`~pacs.errors.PacsError`, which the error middleware
+    would try to answer with a second status line."""
+
+
+def open_part(archive: Archive, item: RetrieveItem, syntax: str) -> PartSource:
+    """The content of ``item``'s part in ``syntax`` (blocking). Raises
+    :class:`~pacs.errors.StorageUnavailable` when the object is missing from the store
+    and :class:`~pacs.retrieve.RetrieveFailure` when it cannot be transcoded."""
+    if syntax != item.transfer_syntax_uid:
+        meta, dataset = transcoded_part10(archive, item, syntax)
+        return PartSource(item, syntax, data=meta + dataset)
+    try:
+        return PartSource(item, syntax, stream=archive.store.open(item.blob_key))
+    except BlobNotFound:
+        raise StorageUnavailable(f"object of {item.sop_instance_uid} missing from the store") from None
+
+
+async def _write_part(resp: web.StreamResponse, boundary: str, source: PartSource) -> None:
+    """One body part (PS3.18 8.7.5; RFC 2387): delimiter, Content-Type with the
+    transfer-syntax parameter, the Part 10 object chunk by chunk, CRLF."""
+    head = f"--{boundary}\r\nContent-Type: {accept.DICOM}; transfer-syntax={source.syntax}\r\n\r\n"
+    try:
+        await resp.write(head.encode("ascii"))
+        if source.stream is not None:
+            while chunk := await _call(source.stream.read, CHUNK_SIZE):
+                await resp.write(chunk)
+        for start in range(0, len(source.data), CHUNK_SIZE):
+            await resp.write(source.data[start:start + CHUNK_SIZE])
+    finally:
+        await _call(source.close)
+    await resp.write(b"\r\n")
+
+
+async def _write_parts(resp: web.StreamResponse, archive: Archive, boundary: str,
+                       first: PartSource, rest: list[tuple[RetrieveItem, str]]) -> None:
+    """Every part, then the close delimiter; a failure closes the connection unfinished."""
+    source: PartSource | None = first
+    try:
+        await _write_part(resp, boundary, first)
+        for item, syntax in rest:
+            source = None
+            source = await _call(open_part, archive, item, syntax)
+            await _write_part(resp, boundary, source)
+    except ConnectionError:  # the client went away: nothing more to send
+        log.info("WADO-RS: the client closed the connection during a retrieve")
+        return
+    except Exception as exc:
+        sop = source.item.sop_instance_uid if source else "the next instance"
+        log.warning("WADO-RS: sending %s failed (%s); response closed unfinished", sop, exc)
+        raise ResponseAborted(str(exc)) from exc
+    await resp.write(f"--{boundary}--\r\n".encode("ascii"))
+    await resp.write_eof()
+
+
+async def retrieve_instances(request: web.Request) -> web.StreamResponse:
+    """GET a study, series or instance (PS3.18 10.4.1.1.1): 200 with one
+    ``application/dicom`` part per instance, streamed; 404 when nothing matches; 406
+    when the Accept header admits no multipart ``application/dicom`` this archive can
+    produce for every instance; 503 when the first object is missing from the store.
+
+    The first object is opened before the status is sent. Failures after that (a later
+    object missing) cannot change the status any more: the connection is closed before
+    the close delimiter, which the client sees as a truncated message."""
+    wanted = accept.dicom_syntaxes(request.headers.get("Accept"))
+    if not wanted:
+        raise NotAcceptable(f'instances are answered as multipart/related; type="{accept.DICOM}" only')
+    uids = path_uids(dict(request.match_info))
+    archive = request.app[ARCHIVE]
+    parts = await _call(_plan_parts, archive, target_query(uids), wanted)
+    if not parts:
+        raise not_found(uids)
+    first = await _call(open_part, archive, *parts[0])
+    boundary = uuid.uuid4().hex
+    resp = web.StreamResponse(headers={
+        "Content-Type": f'multipart/related; type="{accept.DICOM}"; boundary={boundary}'})
+    try:
+        await resp.prepare(request)
+    except BaseException:
+        await _call(first.close)
+        raise
+    if request.method == "HEAD":
+        await _call(first.close)
+        return resp
+    await _write_parts(resp, archive, boundary, first, parts[1:])
+    return resp
+
+
+#: Retrieve transactions (PS3.18 Table 10.4.1-1): target resource path and handler.
+WADO_ROUTES: tuple[tuple[str, Callable[[web.Request], Any]], ...] = (
+    ("/studies/{study}", retrieve_instances),
+    ("/studies/{study}/series/{series}", retrieve_instances),
+    ("/studies/{study}/series/{series}/instances/{sop}", retrieve_instances),
+    ("/studies/{study}/metadata", retrieve_metadata),
+    ("/studies/{study}/series/{series}/metadata", retrieve_metadata),
+    ("/studies/{study}/series/{series}/instances/{sop}/metadata", retrieve_metadata),
+)
