@@ -8,10 +8,9 @@ Rules for ``multipart/related; type="application/dicom"`` (PS3.18 8.7.3.5, 8.7.5
 
 * ``transfer-syntax=*`` (PS3.18 8.7.3.5.2): as stored.
 * no ``transfer-syntax`` parameter, ``*/*``, ``multipart/*``, ``multipart/related``
-  without ``type`` and an absent Accept header: **as stored**. PS3.18 names Explicit VR
-  Little Endian the default transfer syntax of ``application/dicom`` (Table 8.7.3-2);
-  this archive departs from it on purpose, so that a plain request never decodes pixel
-  data (documented in docs/conformance.md, "WADO-RS").
+  without ``type`` and an absent Accept header: the default transfer syntax of
+  ``application/dicom``, Explicit VR Little Endian (PS3.18 8.7.3.5.2, Table 8.7.3-2):
+  an object stored so goes as stored, a compressed one is decoded.
 * a named syntax equal to the stored one: as stored; Explicit or Implicit VR Little
   Endian for an object stored otherwise: transcoded when
   :func:`pacs.retrieve.choose_syntax` says it can be; anything else: not acceptable.
@@ -28,6 +27,8 @@ DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 #: The transfer-syntax value meaning "as stored" (PS3.18 8.7.3.5.2).
 AS_STORED = "*"
+#: The default transfer syntax of application/dicom (PS3.18 Table 8.7.3-2).
+DEFAULT_SYNTAX = "1.2.840.10008.1.2.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,15 +97,15 @@ def dicom_syntaxes(header: str | None) -> list[str]:
     Each entry is a Transfer Syntax UID or :data:`AS_STORED`. An empty list means no
     range of the header admits a multipart ``application/dicom`` answer (406)."""
     if not (header or "").strip():
-        return [AS_STORED]
+        return [DEFAULT_SYNTAX]
     wanted: list[str] = []
     for media in parse_accept(header):
         if media.media_type in ("*/*", "multipart/*"):
-            wanted.append(AS_STORED)
+            wanted.append(DEFAULT_SYNTAX)
         elif media.media_type == "multipart/related":
             if media.params.get("type", DICOM).lower() != DICOM:
                 continue
-            wanted.append(media.params.get("transfer-syntax") or AS_STORED)
+            wanted.append(media.params.get("transfer-syntax") or DEFAULT_SYNTAX)
     return list(dict.fromkeys(wanted))
 
 

@@ -208,14 +208,16 @@ def _same(got: Dataset, sent: bytes) -> None:
 
 def test_dicomweb_client_retrieve_study_series_instance(loaded: Loaded) -> None:
     client = loaded.client
-    study = client.retrieve_study(loaded.study)
+    study = client.retrieve_study(loaded.study, media_types=(("application/dicom", "*"),))
     assert [ds.SOPInstanceUID for ds in study] == list(loaded.originals)
     for ds in study:
         _same(ds, loaded.originals[ds.SOPInstanceUID])
-    series = client.retrieve_series(loaded.study, loaded.ct_series, media_types=(("application/dicom", "*"),))
+    series = client.retrieve_series(loaded.study, loaded.ct_series)  # default: Explicit VR LE, stored so
     assert [ds.SOPInstanceUID for ds in series] == sops_of(loaded, loaded.ct_series)
+    for ds in series:
+        _same(ds, loaded.originals[ds.SOPInstanceUID])
     sop = sops_of(loaded, loaded.sc_series)[0]
-    instance = client.retrieve_instance(loaded.study, loaded.sc_series, sop)
+    instance = client.retrieve_instance(loaded.study, loaded.sc_series, sop, media_types=(("application/dicom", "*"),))
     _same(instance, loaded.originals[sop])
 
 
@@ -238,10 +240,16 @@ def test_transcode_rle_to_explicit_vr_little_endian(loaded: Loaded) -> None:
 def test_accept_preference_and_absent_header(loaded: Loaded) -> None:
     sop = sops_of(loaded, loaded.sc_series)[0]
     path = f"/studies/{loaded.study}/series/{loaded.sc_series}/instances/{sop}"
+    original = dcmread(BytesIO(loaded.originals[sop]))
     for accept in (None, "*/*", MULTIPART, "multipart/related; type=application/dicom"):
+        # no transfer-syntax: the default of application/dicom, Explicit VR LE (PS3.18 8.7.3.5.2)
         resp = requests.get(loaded.url(path), headers={"Accept": accept} if accept else {}, timeout=30)
         [(ctype, body)] = split_multipart(resp)
-        assert ctype.endswith(f"transfer-syntax={RLELossless}") and body == loaded.originals[sop]
+        assert ctype.endswith(f"transfer-syntax={ExplicitVRLittleEndian}")
+        assert np.array_equal(dcmread(BytesIO(body)).pixel_array, original.pixel_array)
+    resp = get(loaded, path, Accept=f"{MULTIPART}; transfer-syntax=*")
+    [(ctype, body)] = split_multipart(resp)
+    assert ctype.endswith(f"transfer-syntax={RLELossless}") and body == loaded.originals[sop]
     jpeg2000 = f"{MULTIPART}; transfer-syntax=1.2.840.10008.1.2.4.90"
     explicit = f"{MULTIPART}; transfer-syntax={ExplicitVRLittleEndian}"
     resp = get(loaded, path, Accept=f"{jpeg2000}, {explicit}; q=0.5")
