@@ -10,7 +10,6 @@ error middleware of :mod:`pacs.web`. Blocking database work runs in the default 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Awaitable, Callable
 
@@ -18,14 +17,14 @@ from aiohttp import web
 
 from pacs.archive import Archive
 from pacs.query import Level, search
-from pacs.web import ARCHIVE
+from pacs.errors import NotAcceptable
+from pacs.web import ARCHIVE, run_blocking
 
-from . import qido, wado
+from . import accept, qido, wado
 
 PREFIX = "/dicom-web"
-DICOM_JSON = "application/dicom+json"
+DICOM_JSON = accept.DICOM_JSON
 #: Accept media ranges a QIDO-RS JSON answer satisfies (PS3.18 8.7.4, 10.6.1.3).
-_ACCEPTABLE = {DICOM_JSON, "application/json", "application/*", "*/*"}
 #: Search transactions: target resource path (PS3.18 Table 10.6.1-2) and query level.
 QIDO_ROUTES: tuple[tuple[str, Level], ...] = (
     ("/studies", Level.STUDY),
@@ -38,26 +37,6 @@ QIDO_ROUTES: tuple[tuple[str, Level], ...] = (
 MORE_RESULTS = "There are additional results that can be requested"
 OVER_MAXIMUM = ("The number of results exceeded the maximum supported by the server "
                 "({}). Additional results can be requested")
-
-
-def _not_acceptable(request: web.Request) -> web.Response | None:
-    """A 406 answer when the Accept header (PS3.18 8.7.4) excludes DICOM JSON."""
-    header = request.headers.get("Accept", "").strip()
-    if not header:
-        return None
-    ranges = [part.split(";")[0].strip().lower() for part in header.split(",")]
-    if any(r in _ACCEPTABLE for r in ranges):
-        return None
-    return web.json_response({"error": f"QIDO-RS answers {DICOM_JSON} only, not {header}"}, status=406)
-
-
-def _path_uids(request: web.Request) -> dict[str, str]:
-    path = {}
-    if "study" in request.match_info:
-        path["StudyInstanceUID"] = request.match_info["study"]
-    if "series" in request.match_info:
-        path["SeriesInstanceUID"] = request.match_info["series"]
-    return path
 
 
 def _answer(archive: Archive, parsed: qido.QidoRequest, base: str) -> tuple[bytes, bool]:
@@ -74,13 +53,10 @@ async def qido_search(request: web.Request, level: Level) -> web.Response:
     F.2), ``[]`` when nothing matches (PS3.18 10.6.3; current editions answer zero matches
     with 200 and an empty list, older ones allowed 204); a ``Warning: 299``
     header when more matches remain than were returned (PS3.18 8.3.4.4.1)."""
-    refused = _not_acceptable(request)
-    if refused is not None:
-        return refused
-    parsed = qido.parse(level, request.query.items(), _path_uids(request))
-    base = f"{request.scheme}://{request.host}{PREFIX}"
-    loop = asyncio.get_running_loop()
-    body, more = await loop.run_in_executor(None, _answer, request.app[ARCHIVE], parsed, base)
+    if not accept.accepts_json(request.headers.get("Accept")):
+        raise NotAcceptable(f"QIDO-RS answers {DICOM_JSON} only, not {request.headers['Accept']}")
+    parsed = qido.parse(level, request.query.items(), wado.path_uids(dict(request.match_info)))
+    body, more = await run_blocking(_answer, request.app[ARCHIVE], parsed, wado.base_url(request))
     headers = {"Content-Type": DICOM_JSON}
     if more:
         text = MORE_RESULTS if parsed.limit_given else OVER_MAXIMUM.format(parsed.page)

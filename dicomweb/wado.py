@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -26,17 +25,12 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterable
 
 from aiohttp import web
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-
 from pacs.archive import Archive
-from pacs.errors import NotFound, PacsError, StorageUnavailable
-from pacs.index.models import Instance, Series, Study
+from pacs.errors import NotAcceptable, NotFound, StorageUnavailable
 from pacs.query import Level, Query, make_matcher
-from pacs.query.sql import compile_query
-from pacs.retrieve import RetrieveItem, encode_dataset, load_dataset, plan, transcode
+from pacs.retrieve import MetadataRow, RetrieveItem, instance_metadata, plan, transcoded_part10
 from pacs.storage import BlobNotFound
-from pacs.web import ARCHIVE
+from pacs.web import ARCHIVE, run_blocking
 
 from . import accept
 
@@ -48,23 +42,6 @@ CHUNK_SIZE = 1 << 20
 METADATA_VERSION = "wado-metadata-1"
 _BULK_URI = re.compile(r'"BulkDataURI"(\s*):(\s*)"bulk:')
 _PATH_KEYS = (("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID"), ("sop", "SOPInstanceUID"))
-
-
-class NotAcceptable(PacsError):
-    """No representation the Accept header admits can be produced (PS3.18 8.7.4): 406."""
-
-    http_status = 406
-
-
-@dataclass(frozen=True, slots=True)
-class MetadataRow:
-    """One instance's stored DICOM JSON and what its absolute URIs are built from."""
-
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sha256: str
-    dicom_json: str
 
 
 # -- the target resource ------------------------------------------------------------------
@@ -95,23 +72,7 @@ def instance_url(base: str, study: str, series: str, sop: str) -> str:
     return f"{base}/studies/{study}/series/{series}/instances/{sop}"
 
 
-async def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` in the default executor (blocking database and store work)."""
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-
-
 # -- metadata ----------------------------------------------------------------------------
-def _metadata_rows(archive: Archive, query: Query, with_json: bool) -> list[MetadataRow]:
-    """The target's instances in index order, from one SELECT (blocking)."""
-    columns: list[Any] = [Study.study_uid, Series.series_uid, Instance.sop_instance_uid, Instance.sha256]
-    if with_json:
-        columns.append(Instance.dicom_json)
-    stmt = compile_query(query).with_only_columns(*columns, maintain_column_froms=True)
-    with archive.db.read() as conn:
-        rows = conn.execute(stmt).all()
-    return [MetadataRow(*row, *([] if with_json else [""])) for row in rows]
-
-
 def metadata_etag(rows: Iterable[MetadataRow], base: str) -> str:
     """A strong entity tag (RFC 9110 8.8.3) of a metadata answer: it changes whenever an
     instance is added, removed or replaced (its SHA-256), or the URIs' base changes."""
@@ -157,14 +118,14 @@ async def retrieve_metadata(request: web.Request) -> web.Response:
     query, base = target_query(uids), base_url(request)
     archive = request.app[ARCHIVE]
     if request.headers.get("If-None-Match"):
-        current = await _call(_metadata_rows, archive, query, False)
+        current = await run_blocking(instance_metadata, archive, query, False)
         etag = metadata_etag(current, base)
         if current and etag_matches(request.headers.get("If-None-Match"), etag):
             return web.Response(status=304, headers={"ETag": etag})
-    rows = await _call(_metadata_rows, archive, query, True)
+    rows = await run_blocking(instance_metadata, archive, query)
     if not rows:
         raise not_found(uids)
-    body = await _call(metadata_body, rows, base)
+    body = await run_blocking(metadata_body, rows, base)
     return web.Response(body=body, headers={"Content-Type": accept.DICOM_JSON,
                                             "ETag": metadata_etag(rows, base)})
 
@@ -177,20 +138,6 @@ def base_url(request: web.Request) -> str:
 
 
 # -- instances -------------------------------------------------------------------------
-def transcoded_part10(archive: Archive, item: RetrieveItem, target: str) -> tuple[bytes, bytes]:
-    """Preamble and File Meta Information (PS3.10 7.1) naming ``target``, and the
-    dataset transcoded to ``target`` (the whole object decoded in memory; blocking).
-
-    The steps of :func:`pacs.retrieve.transcoded_bytes`, kept apart so that the
-    object's own File Meta Information (source AE, implementation) is sent on, with
-    only its Transfer Syntax UID changed."""
-    ds = transcode(load_dataset(archive, item), target)
-    meta = DicomBytesIO()
-    meta.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
-    return meta.parent.getvalue(), encode_dataset(ds, target)  # type: ignore[attr-defined]
-
-
 def _plan_parts(archive: Archive, query: Query, wanted: list[str]) -> list[tuple[RetrieveItem, str]]:
     """Each instance with the syntax it is sent in (blocking); 406 before anything is
     sent when one of them cannot be sent in any acceptable syntax (PS3.18 8.7.4)."""
@@ -233,8 +180,7 @@ def open_part(archive: Archive, item: RetrieveItem, syntax: str) -> PartSource:
     :class:`~pacs.errors.StorageUnavailable` when the object is missing from the store
     and :class:`~pacs.retrieve.RetrieveFailure` when it cannot be transcoded."""
     if syntax != item.transfer_syntax_uid:
-        meta, dataset = transcoded_part10(archive, item, syntax)
-        return PartSource(item, syntax, data=meta + dataset)
+        return PartSource(item, syntax, data=transcoded_part10(archive, item, syntax))
     try:
         return PartSource(item, syntax, stream=archive.store.open(item.blob_key))
     except BlobNotFound:
@@ -248,12 +194,12 @@ async def _write_part(resp: web.StreamResponse, boundary: str, source: PartSourc
     try:
         await resp.write(head.encode("ascii"))
         if source.stream is not None:
-            while chunk := await _call(source.stream.read, CHUNK_SIZE):
+            while chunk := await run_blocking(source.stream.read, CHUNK_SIZE):
                 await resp.write(chunk)
         for start in range(0, len(source.data), CHUNK_SIZE):
             await resp.write(source.data[start:start + CHUNK_SIZE])
     finally:
-        await _call(source.close)
+        await run_blocking(source.close)
     await resp.write(b"\r\n")
 
 
@@ -265,7 +211,7 @@ async def _write_parts(resp: web.StreamResponse, archive: Archive, boundary: str
         await _write_part(resp, boundary, first)
         for item, syntax in rest:
             source = None
-            source = await _call(open_part, archive, item, syntax)
+            source = await run_blocking(open_part, archive, item, syntax)
             await _write_part(resp, boundary, source)
     except ConnectionError:  # the client went away: nothing more to send
         log.info("WADO-RS: the client closed the connection during a retrieve")
@@ -292,20 +238,20 @@ async def retrieve_instances(request: web.Request) -> web.StreamResponse:
         raise NotAcceptable(f'instances are answered as multipart/related; type="{accept.DICOM}" only')
     uids = path_uids(dict(request.match_info))
     archive = request.app[ARCHIVE]
-    parts = await _call(_plan_parts, archive, target_query(uids), wanted)
+    parts = await run_blocking(_plan_parts, archive, target_query(uids), wanted)
     if not parts:
         raise not_found(uids)
-    first = await _call(open_part, archive, *parts[0])
+    first = await run_blocking(open_part, archive, *parts[0])
     boundary = uuid.uuid4().hex
     resp = web.StreamResponse(headers={
         "Content-Type": f'multipart/related; type="{accept.DICOM}"; boundary={boundary}'})
     try:
         await resp.prepare(request)
     except BaseException:
-        await _call(first.close)
+        await run_blocking(first.close)
         raise
     if request.method == "HEAD":
-        await _call(first.close)
+        await run_blocking(first.close)
         return resp
     await _write_parts(resp, archive, boundary, first, parts[1:])
     return resp

@@ -61,6 +61,13 @@ class NotFound(PacsError):
     http_status = 404
 
 
+class NotAcceptable(PacsError):
+    """No representation the client accepts can be produced (PS3.18 8.7.4): 406."""
+
+    dimse_status = 0xC000
+    http_status = 406
+
+
 class InvalidQuery(PacsError):
     """A query identifier or parameter is malformed (PS3.4 C.4.1.1.4: A900)."""
 

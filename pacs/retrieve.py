@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, BinaryIO, Collection, Iterator
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -38,7 +38,7 @@ from pydicom.uid import (
 )
 
 from .errors import InvalidQuery, PacsError
-from .index.models import Instance
+from .index.models import Instance, Series, Study
 from .query import Level, Query, make_matcher
 from .query.model import level_of
 from .query.attributes import UNIQUE_KEYS
@@ -221,6 +221,41 @@ def encode_dataset(ds: Dataset, target: str) -> bytes:
 def transcoded_bytes(archive: Archive, item: RetrieveItem, target: str) -> bytes:
     """The object's dataset re-encoded (and decoded, if compressed) in ``target``."""
     return encode_dataset(transcode(load_dataset(archive, item), target), target)
+
+
+def transcoded_part10(archive: Archive, item: RetrieveItem, target: str) -> bytes:
+    """The whole Part 10 object in ``target``: preamble, the object's own File Meta
+    Information with only its Transfer Syntax UID changed (PS3.10 7.1), the dataset
+    re-encoded (decoded first if compressed). Held in memory, one object at a time."""
+    ds = transcode(load_dataset(archive, item), target)
+    meta = DicomBytesIO()
+    meta.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    return meta.parent.getvalue() + encode_dataset(ds, target)  # type: ignore[attr-defined]
+
+
+# -- metadata from the index -----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MetadataRow:
+    """One instance's stored DICOM JSON and the UIDs that address it."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sha256: str
+    dicom_json: str = ""
+
+
+def instance_metadata(archive: Archive, query: Query, with_json: bool = True) -> list[MetadataRow]:
+    """The instances matching an IMAGE-level ``query``, in index order, answered by the
+    index alone (one SELECT; no object is opened). Without ``with_json`` only the UIDs
+    and digests (enough for an entity tag)."""
+    columns: list = [Study.study_uid, Series.series_uid, Instance.sop_instance_uid, Instance.sha256]
+    if with_json:
+        columns.append(Instance.dicom_json)
+    stmt = compile_query(query).with_only_columns(*columns, maintain_column_froms=True)
+    with archive.db.read() as conn:
+        return [MetadataRow(*row) for row in conn.execute(stmt).all()]
 
 
 def _read_exact(fp: BinaryIO, count: int) -> bytes:

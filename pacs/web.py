@@ -19,8 +19,14 @@ ARCHIVE = web.AppKey("archive", Archive)
 MAX_CHANGES = 1000
 
 
-async def _run(request: web.Request, fn: Callable[..., Any], *args: Any) -> Any:
+async def run_blocking(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in the default executor: blocking database and store work, off the
+    event loop. Every HTTP door uses this one."""
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+async def _run(request: web.Request, fn: Callable[..., Any], *args: Any) -> Any:
+    return await run_blocking(fn, *args)
 
 
 @web.middleware
