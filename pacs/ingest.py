@@ -188,6 +188,9 @@ _SELECT_EXISTING = select(Instance.id, Instance.sha256, Instance.blob_key, Insta
 )
 
 
+_INSERT_INSTANCE = insert(Instance)
+
+
 def _existing(archive: Archive, sop_uid: str):  # type: ignore[no-untyped-def]
     with archive.db.read() as conn:
         return conn.execute(_SELECT_EXISTING, {"b_sop": sop_uid}).first()
@@ -259,11 +262,6 @@ def _index(
         raise DuplicateConflict("SOP Instance UID stored concurrently with other content") from None
 
 
-_SELECT_OLD = select(Instance.id, Instance.series_fk, Instance.sha256).where(
-    Instance.sop_instance_uid == bindparam("b_sop")
-)
-_INSERT_INSTANCE = insert(Instance)
-
 
 def _write_rows(conn, archive: Archive, parsed: ParsedInstance, row: dict, held: bool = True) -> str:  # type: ignore[no-untyped-def]
     now = time.time()
@@ -272,7 +270,7 @@ def _write_rows(conn, archive: Archive, parsed: ParsedInstance, row: dict, held:
     patient_pk = upsert_patient(conn, parsed.patient)
     study = lock_study(conn, parsed.study_uid, patient_pk, parsed.study)
     series_pk, new_series = upsert_series(conn, parsed.series_uid, study.id, parsed.series)
-    old = conn.execute(_SELECT_OLD, {"b_sop": parsed.sop_instance_uid}).first() if held else None
+    old = conn.execute(_SELECT_EXISTING, {"b_sop": parsed.sop_instance_uid}).first() if held else None
     if old is not None and old.sha256 == row["sha256"]:
         return "duplicate"  # an identical copy committed meanwhile
     if old is not None:

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from ..query.run import Match
     from .service import DimseRequest
 
-    from ..archive import Archive
 
 log = logging.getLogger(__name__)
 

@@ -18,45 +18,20 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
 )
 
-from .. import retrieve
-from ..errors import InvalidQuery, PacsError, StorageUnavailable
 from ..query import Level
-from ..retrieve import RetrieveItem
-from . import policy
-from .status import Status, status as failure
-from .suboperations import SameAssociationSender, run_suboperations
+from .status import Status
+from .suboperations import SameAssociationSender, plan_or_refusal, run_suboperations
 
 if TYPE_CHECKING:
     from .service import DimseRequest
 
 log = logging.getLogger(__name__)
 
-UNABLE_TO_CALCULATE, IDENTIFIER_INVALID, UNABLE_TO_PROCESS = 0xA701, 0xA900, 0xC000
 
 MODELS: dict[str, tuple[Level, ...]] = {
     str(PatientRootQueryRetrieveInformationModelGet): (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE),
     str(StudyRootQueryRetrieveInformationModelGet): (Level.STUDY, Level.SERIES, Level.IMAGE),
 }
-
-
-def _items_or_refusal(request: DimseRequest) -> Status | list[RetrieveItem]:
-    refused = policy.refusal(request, request.archive, "get")
-    if refused is not None:
-        return refused
-    levels = MODELS.get(request.sop_class)
-    try:
-        if levels is None:
-            raise InvalidQuery("unsupported information model")
-        return retrieve.plan(request.archive, retrieve.query_from_identifier(request.identifier(), levels))
-    except InvalidQuery as exc:
-        return failure(IDENTIFIER_INVALID, exc)
-    except StorageUnavailable as exc:
-        return failure(UNABLE_TO_CALCULATE, exc)
-    except PacsError as exc:
-        return failure(UNABLE_TO_PROCESS, exc)
-    except Exception:
-        log.exception("C-GET failed")
-        return failure(UNABLE_TO_PROCESS, "internal error")
 
 
 def handle_get(request: DimseRequest) -> None:
@@ -66,7 +41,7 @@ def handle_get(request: DimseRequest) -> None:
     AE policy, 0xA900 invalid identifier, 0xA701 index unavailable, 0xC000 unexpected
     error. A C-CANCEL is honoured before every sub-operation.
     """
-    outcome = _items_or_refusal(request)
+    outcome = plan_or_refusal(request, "get", MODELS)
     if isinstance(outcome, Status):
         log.info("C-GET from %s: 0x%04X %s", request.calling_ae, outcome.code, outcome.comment)
         request.respond(outcome)

@@ -25,24 +25,22 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from .. import aes, retrieve
-from ..errors import InvalidQuery, PacsError, StorageUnavailable
+from .. import aes
+from ..errors import StorageUnavailable
 from ..query import Level
 from ..retrieve import RetrieveItem, TRANSCODE_TARGETS
 from . import command as cmd
-from . import policy
 from .pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from .scu import AssociationError, StoreAssociation
 from .status import Status, status as failure
-from .suboperations import SubAssociationSender, run_suboperations
+from .suboperations import UNABLE_TO_CALCULATE, SubAssociationSender, plan_or_refusal, run_suboperations
 
 if TYPE_CHECKING:
-    from ..archive import Archive
     from .service import DimseRequest
 
 log = logging.getLogger(__name__)
 
-UNABLE_TO_CALCULATE, DESTINATION_UNKNOWN, IDENTIFIER_INVALID, UNABLE_TO_PROCESS = 0xA701, 0xA801, 0xA900, 0xC000
+DESTINATION_UNKNOWN = 0xA801
 MAX_CONTEXTS = 128
 
 MODELS: dict[str, tuple[Level, ...]] = {
@@ -71,33 +69,6 @@ def propose_contexts(items: list[RetrieveItem]) -> list[tuple[str, list[str]]]:
     return fallback + exact[:MAX_CONTEXTS - len(fallback)]
 
 
-def _plan(request: DimseRequest, archive: Archive) -> list[RetrieveItem]:
-    levels = MODELS.get(request.sop_class)
-    if levels is None:
-        raise InvalidQuery("unsupported information model")
-    query = retrieve.query_from_identifier(request.identifier(), levels)
-    return retrieve.plan(archive, query)
-
-
-def _items_or_refusal(request: DimseRequest, archive: Archive) -> Status | list[RetrieveItem]:
-    """The instances to move, or the status refusing the request."""
-    refused = policy.refusal(request, archive, "move")
-    if refused is not None:
-        return refused
-    try:
-        items = _plan(request, archive)
-    except InvalidQuery as exc:
-        return failure(IDENTIFIER_INVALID, exc)
-    except StorageUnavailable as exc:
-        return failure(UNABLE_TO_CALCULATE, exc)
-    except PacsError as exc:
-        return failure(UNABLE_TO_PROCESS, exc)
-    except Exception:
-        log.exception("C-MOVE failed")
-        return failure(UNABLE_TO_PROCESS, "internal error")
-    return items
-
-
 def unknown_destination_comment(title: str) -> str:
     """How to register an unknown destination, in the 64 characters of an Error Comment."""
     forms = (
@@ -118,9 +89,8 @@ def handle_move(request: DimseRequest) -> None:
     not registered or unreachable, 0xC000 unexpected error. A C-CANCEL is honoured
     before every sub-operation (0xFE00 with the counts and the failed UIDs so far).
     """
-    archive = request.archive
     destination = request.command.text(cmd.MOVE_DESTINATION)
-    outcome = _items_or_refusal(request, archive)
+    outcome = plan_or_refusal(request, "move", MODELS)
     if isinstance(outcome, list):
         outcome = _open_destination(request, destination, outcome)
     if isinstance(outcome, Status):

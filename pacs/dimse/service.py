@@ -128,7 +128,7 @@ class Dispatcher:
                     request.respond(Status(UNRECOGNIZED_OPERATION, "operation not supported"))
                 return  # a stray response or C-CANCEL: nothing to answer
             handler(request)
-        except (OSError, ConnectionError):
+        except OSError:  # the connection: the association ends
             raise
         except Exception:
             if not assoc.is_established:

@@ -22,17 +22,21 @@ from typing import TYPE_CHECKING, Iterator, Protocol
 from pydicom.uid import UID
 
 from .. import retrieve
-from ..errors import PacsError
+from ..errors import InvalidQuery, PacsError, StorageUnavailable
+from ..query import Level
 from ..retrieve import RetrieveFailure, RetrieveItem
 from . import command as cmd
+from . import policy
 from .scu import AssociationError, c_store_rq
-from .status import CANCEL, PENDING, SUCCESS, Status
+from .status import CANCEL, PENDING, SUCCESS, Status, status
 
 if TYPE_CHECKING:
     from .service import DimseRequest
 
 log = logging.getLogger(__name__)
 
+#: Failures before any sub-operation (PS3.4 C.4.2.1.5, C.4.3.1.4).
+UNABLE_TO_CALCULATE, IDENTIFIER_INVALID, UNABLE_TO_PROCESS = 0xA701, 0xA900, 0xC000
 #: Status of a sub-operation whose object could not be sent (never on the wire).
 SUBOPERATION_FAILED = 0xC000
 ALL_FAILED, SOME_FAILED = 0xA702, 0xB000
@@ -89,6 +93,31 @@ def failed_list(uids: list[str], transfer_syntax: str) -> bytes:
     if UID(transfer_syntax).is_implicit_VR:
         return struct.pack("<HHI", 0x0008, 0x0058, len(value)) + value
     return struct.pack("<HH2sH", 0x0008, 0x0058, b"UI", len(value)) + value
+
+
+def plan_or_refusal(request: DimseRequest, operation: str,
+                    models: dict[str, tuple[Level, ...]]) -> Status | list[RetrieveItem]:
+    """The instances a C-MOVE/C-GET identifier selects (one query, :func:`pacs.retrieve.plan`),
+    or the failure to answer before any sub-operation, with an Error Comment: 0x0124 the
+    AE policy refuses ``operation``, 0xA900 invalid identifier or information model,
+    0xA701 index unavailable, 0xC000 anything else (PS3.4 C.4.2.1.5, C.4.3.1.4)."""
+    refused = policy.refusal(request, request.archive, operation)
+    if refused is not None:
+        return refused
+    try:
+        levels = models.get(request.sop_class)
+        if levels is None:
+            raise InvalidQuery("unsupported information model")
+        return retrieve.plan(request.archive, retrieve.query_from_identifier(request.identifier(), levels))
+    except InvalidQuery as exc:
+        return status(IDENTIFIER_INVALID, exc)
+    except StorageUnavailable as exc:
+        return status(UNABLE_TO_CALCULATE, exc)
+    except PacsError as exc:
+        return status(UNABLE_TO_PROCESS, exc)
+    except Exception:
+        log.exception("C-%s failed", operation.upper())
+        return status(UNABLE_TO_PROCESS, "internal error")
 
 
 def run_suboperations(request: DimseRequest, items: list[RetrieveItem], sender: Sender) -> None:
