@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,10 @@ def test_two_workers_share_the_ports(tmp_path: Path, database_url: str) -> None:
     import urllib.request
 
     server = ProcessServer(_env(tmp_path, database_url, PACS_WORKERS="2"), tmp_path).start()
+    # /healthz answers once the first worker is up: wait for both to listen on DIMSE.
+    deadline = time.monotonic() + 60
+    while server.log_path.read_text().count("DIMSE PACS listening") < 2 and time.monotonic() < deadline:
+        threading.Event().wait(0.05)
     acked: list[str] = []
     stop = threading.Event()
     senders = [Sender(server.dimse_port, acked, stop, i) for i in range(4)]
