@@ -11,7 +11,7 @@ error middleware of :mod:`pacs.web`. Blocking database work runs in the default 
 from __future__ import annotations
 
 import json
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -92,6 +92,16 @@ async def cors_headers(request: web.Request, response: web.StreamResponse) -> No
         response.headers["Access-Control-Expose-Headers"] = "Warning, Content-Type, ETag"
 
 
+def _qido_routes() -> list[tuple[str, str, Callable[[web.Request], Any]]]:
+    return [("GET", path, _search_handler(level)) for path, level in QIDO_ROUTES]
+
+
+def route_table() -> list[tuple[str, str, Callable[[web.Request], Any]]]:
+    """Every DICOMweb route: (method, path under /dicom-web, handler). Each service
+    module owns its ``ROUTES``; this is the one place that lists the modules."""
+    return [*_qido_routes(), *wado.ROUTES]
+
+
 def setup(app: web.Application, archive: Archive | None = None) -> None:
     """Add the DICOMweb routes and CORS to ``app`` (the ``pacs.http`` entry point).
 
@@ -99,12 +109,15 @@ def setup(app: web.Application, archive: Archive | None = None) -> None:
     for the entry-point signature and used only when the app has none yet."""
     if archive is not None and ARCHIVE not in app:
         app[ARCHIVE] = archive
-    for path, level in QIDO_ROUTES:
-        app.router.add_get(PREFIX + path, _search_handler(level))
-        app.router.add_route("OPTIONS", PREFIX + path, preflight)
-    for path, handler in wado.WADO_ROUTES:
-        app.router.add_get(PREFIX + path, handler)
-        app.router.add_route("OPTIONS", PREFIX + path, preflight)
+    preflighted: set[str] = set()
+    for method, path, handler in route_table():
+        if method == "GET":
+            app.router.add_get(PREFIX + path, handler)  # HEAD too
+        else:
+            app.router.add_route(method, PREFIX + path, handler)
+        if path not in preflighted:
+            app.router.add_route("OPTIONS", PREFIX + path, preflight)
+            preflighted.add(path)
     app.on_response_prepare.append(cors_headers)
 
 

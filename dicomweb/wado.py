@@ -257,12 +257,12 @@ async def retrieve_instances(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-#: Retrieve transactions (PS3.18 Table 10.4.1-1): target resource path and handler.
-WADO_ROUTES: tuple[tuple[str, Callable[[web.Request], Any]], ...] = (
-    ("/studies/{study}", retrieve_instances),
-    ("/studies/{study}/series/{series}", retrieve_instances),
-    ("/studies/{study}/series/{series}/instances/{sop}", retrieve_instances),
-    ("/studies/{study}/metadata", retrieve_metadata),
-    ("/studies/{study}/series/{series}/metadata", retrieve_metadata),
-    ("/studies/{study}/series/{series}/instances/{sop}/metadata", retrieve_metadata),
+#: Retrieve transactions (PS3.18 Table 10.4.1-1): method, path under /dicom-web, handler.
+ROUTES: tuple[tuple[str, str, Callable[[web.Request], Any]], ...] = (
+    ("GET", "/studies/{study}", retrieve_instances),
+    ("GET", "/studies/{study}/series/{series}", retrieve_instances),
+    ("GET", "/studies/{study}/series/{series}/instances/{sop}", retrieve_instances),
+    ("GET", "/studies/{study}/metadata", retrieve_metadata),
+    ("GET", "/studies/{study}/series/{series}/metadata", retrieve_metadata),
+    ("GET", "/studies/{study}/series/{series}/instances/{sop}/metadata", retrieve_metadata),
 )
