@@ -246,14 +246,16 @@ def _index(
         "source": source[:32], "calling_ae": calling_ae[:16],
         **parsed.instance,
     }
-    try:
+    def work(conn) -> str:  # type: ignore[no-untyped-def]
         try:
-            with archive.db.write() as conn:
+            with conn.begin_nested():
                 return _write_rows(conn, archive, parsed, row, held)
-        except StaleEntry:  # rolled back; redo with the look-ups
+        except StaleEntry:  # rolled back to the savepoint; redo with the look-ups
             archive.series_cache.forget(parsed.series_uid)
-            with archive.db.write() as conn:
-                return _write_rows(conn, archive, parsed, row, held=True)
+            return _write_rows(conn, archive, parsed, row, held=True)
+
+    try:
+        return archive.db.write_grouped(work)
     except IntegrityError:
         # A concurrent ingest of the same SOP Instance UID committed first.
         current = _existing(archive, parsed.sop_instance_uid)

@@ -12,12 +12,15 @@ import os
 import threading
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from ..errors import StorageUnavailable
+from .group_commit import GroupCommitter
+
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(engine: Engine, synchronous: str) -> None:
@@ -83,6 +86,7 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._gate: _WriterGate | None = None
+        self._group: GroupCommitter | None = None
         if self.is_sqlite:
             path = url.split("///", 1)[-1].split("?", 1)[0]
             on_disk = bool(path) and path != ":memory:"
@@ -91,6 +95,7 @@ class Database:
             self._gate = _WriterGate(path + "-writer.lock" if on_disk else None)
             self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2)
             _sqlite_pragmas(self.engine, sqlite_synchronous)
+            self._group = GroupCommitter(self.write)
         else:
             self.engine = create_engine(
                 url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True
@@ -107,6 +112,17 @@ class Database:
                     yield conn
         except OperationalError as exc:
             raise StorageUnavailable("index database unavailable") from exc
+
+    def write_grouped(self, work: Callable[[Connection], T]) -> T:
+        """``work(conn)`` in a write transaction that concurrent callers of this method
+        may share (SQLite: one commit, one WAL fsync for all; see
+        :mod:`pacs.index.group_commit`). ``work`` runs in a SAVEPOINT: its exception
+        undoes its own writes only and is raised here. PostgreSQL groups commits itself,
+        so there each call is its own transaction."""
+        if self._group is not None:
+            return self._group.run(work)
+        with self.write() as conn:
+            return work(conn)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

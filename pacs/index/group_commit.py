@@ -1,0 +1,106 @@
+"""Group commit for the embedded (SQLite) index: concurrent writers share one transaction.
+
+With ``synchronous=FULL`` every SQLite commit waits for an fsync of the WAL, and SQLite
+admits one writer at a time, so N associations storing at once pay N fsyncs in a row.
+Here the first writer to arrive becomes the *leader*: it takes every unit of work queued
+so far, runs each inside its own SAVEPOINT of one transaction, and commits once; writers
+that arrived meanwhile wait and form the next batch. A unit that fails rolls back to its
+savepoint only and gets its own exception; the others commit. A failed commit fails the
+whole batch. Nothing is acknowledged before the commit that holds it returns.
+
+This is what PostgreSQL does for itself (``commit_delay``, WAL group flush), so
+:meth:`pacs.index.db.Database.write_grouped` uses it for SQLite only. Hand-written
+because neither SQLite nor SQLAlchemy offers it.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, TypeVar
+
+from sqlalchemy import Connection
+
+T = TypeVar("T")
+#: Units per transaction at most: bounds how long the index stays locked by one batch.
+MAX_BATCH = 64
+
+
+@dataclass(eq=False)
+class _Unit(Generic[T]):
+    work: Callable[[Connection], T]
+    done: bool = False
+    value: Any = None
+    error: BaseException | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    def outcome(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class GroupCommitter:
+    """Runs units of work in shared write transactions (see module doc).
+
+    ``begin`` opens one write transaction (a context manager yielding a connection that
+    commits on a clean exit), e.g. :meth:`pacs.index.db.Database.write`."""
+
+    def __init__(self, begin: Callable[[], AbstractContextManager[Connection]]) -> None:
+        self._begin = begin
+        self._lock = threading.Lock()
+        self._queue: list[_Unit[Any]] = []
+        self._leading = False
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work(conn)`` in a transaction, possibly shared; its result once committed."""
+        unit: _Unit[T] = _Unit(work)
+        with self._lock:
+            self._queue.append(unit)
+        while True:
+            with self._lock:  # done, lead or wait: decided and the event cleared atomically
+                if unit.done:
+                    return unit.outcome()
+                lead = not self._leading
+                if lead:
+                    self._leading = True
+                else:
+                    unit.finished.clear()
+            if lead:
+                self._lead_once()
+            else:
+                unit.finished.wait()
+
+    def _lead_once(self) -> None:
+        """Commit the units queued so far (up to MAX_BATCH), wake them, and wake the next
+        waiting unit to lead the following batch."""
+        with self._lock:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        try:
+            self._commit(batch)
+        finally:
+            with self._lock:
+                for unit in batch:
+                    unit.done = True
+                    unit.finished.set()
+                self._leading = False
+                if self._queue:
+                    self._queue[0].finished.set()
+
+    def _commit(self, batch: list[_Unit[Any]]) -> None:
+        try:
+            with self._begin() as conn:
+                for unit in batch:
+                    savepoint = conn.begin_nested()
+                    try:
+                        unit.value = unit.work(conn)
+                    except BaseException as exc:  # the unit's own failure: it alone rolls back
+                        savepoint.rollback()
+                        unit.error = exc
+                    else:
+                        savepoint.commit()
+        except BaseException as exc:
+            for unit in batch:
+                if unit.error is None:
+                    unit.error, unit.value = exc, None
