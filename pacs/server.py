@@ -18,6 +18,7 @@ from aiohttp import web
 from .archive import Archive
 from .dimse.server import DimseServer
 from .errors import PacsError
+from .outbox_worker import OutboxSender
 from .settings import Settings
 from .web import create_app
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 #: Entry-point group of HTTP front doors: each is ``setup(app, archive)`` (e.g. ``dicomweb``).
 HTTP_ENTRY_POINTS = "pacs.http"
 DIMSE = web.AppKey("dimse", DimseServer)
+OUTBOX = web.AppKey("outbox", OutboxSender)
 ORPHAN_SWEEP_EVERY = 60.0
 
 
@@ -71,7 +73,9 @@ def build_application(
         dimse = DimseServer(archive, reuse_port=reuse_port)
         await asyncio.to_thread(dimse.start, None, dimse_port)
         app[DIMSE] = dimse
-        tasks = [asyncio.create_task(_stability_loop(archive)), asyncio.create_task(_orphan_loop(archive))]
+        app[OUTBOX] = sender = OutboxSender(archive)
+        tasks = [asyncio.create_task(_stability_loop(archive)), asyncio.create_task(_orphan_loop(archive)),
+                 asyncio.create_task(sender.run())]
         yield
         for task in tasks:
             task.cancel()

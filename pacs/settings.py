@@ -74,6 +74,18 @@ class Settings:
         "each failure, at most one hour.",
         default=5.0,
     )
+    outbox_max_attempts: int = _doc(
+        "Attempts to deliver an outgoing HTTP message (EMR FHIR, AI webhooks) before it is dead "
+        "(listed in `GET /api/outbox`, redelivered on demand).",
+        default=15,
+    )
+    outbox_retry_seconds: float = _doc(
+        "Wait after the first failed delivery attempt; doubles after each failure (at most one hour), "
+        "with ±20 % jitter.",
+        default=5.0,
+    )
+    outbox_timeout_seconds: float = _doc("Seconds one delivery attempt may take.", default=30.0)
+    outbox_poll_seconds: float = _doc("How often each server process looks for due messages.", default=1.0)
     duplicate_policy: str = _doc(
         "A different object sent under a SOP Instance UID already held: `reject` "
         "(refuse it, keep the first), `overwrite` (replace the stored one), "
@@ -109,6 +121,8 @@ class Settings:
             raise ValueError("workers must be at least 1")
         if self.commitment_max_attempts < 1:
             raise ValueError("commitment_max_attempts must be at least 1")
+        if self.outbox_max_attempts < 1 or self.outbox_poll_seconds <= 0 or self.outbox_timeout_seconds <= 0:
+            raise ValueError("outbox_max_attempts must be at least 1, outbox poll and timeout positive")
         if len(self.ae_title) > 16 or not self.ae_title.strip():
             raise ValueError("ae_title must be 1 to 16 characters")
 

@@ -1,4 +1,5 @@
-"""The HTTP server's archive routes: ``/healthz``, ``/metrics``, ``/api/changes``, ``/api/aes``.
+"""The HTTP server's archive routes: ``/healthz``, ``/metrics``, ``/api/changes``, ``/api/aes``,
+``/api/outbox``.
 
 The DICOMweb routes (``dicomweb/``) are added to the same application by their own
 package. Blocking archive calls run in the default executor.
@@ -85,4 +86,7 @@ def create_app(archive: Archive) -> web.Application:
     from .web_aes import setup_ae_routes  # here: web_aes imports ARCHIVE from this module
 
     setup_ae_routes(app)
+    from .web_outbox import setup_outbox_routes
+
+    setup_outbox_routes(app)
     return app

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -228,3 +229,28 @@ class CommitmentRequest(Base):
 
 
 Index("ix_commitment_request_due", CommitmentRequest.status, CommitmentRequest.next_attempt_at)
+
+
+class OutboxMessage(Base):
+    """An HTTP message to another system (EMR, AI engine), delivered at least once with
+    retries (pacs/outbox.py). ``status``: ``pending``, ``delivered`` or ``dead``."""
+
+    __tablename__ = "outbox_message"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(64), index=True)
+    target_url: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str] = mapped_column(String(128))
+    headers: Mapped[str] = mapped_column(Text, default="{}")
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str] = mapped_column(String(512), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+Index("ix_outbox_message_due", OutboxMessage.status, OutboxMessage.next_attempt_at)

@@ -1,0 +1,106 @@
+"""Sends the outbox (:mod:`pacs.outbox`): an asyncio task of ``pacs serve``.
+
+Every ``outbox_poll_seconds`` (or at once after :meth:`OutboxSender.wake`) it claims the
+due messages and POSTs each to its target with ``Content-Type``, ``Idempotency-Key`` and
+the message's own headers, plus any headers a *signer* registered for the message's
+channel computes at send time (e.g. a webhook's timestamped HMAC signature).
+
+Outcomes: a 2xx answer delivers the message. A 408, 425, 429 or 5xx answer, a timeout or
+a connection error is transient: the message is retried with back-off until
+``outbox_max_attempts``, then it is dead. Any other 4xx means the receiver refuses this
+message as it is, so retrying cannot help: it is dead at once (redeliver it after fixing
+the cause). Message bodies are never logged: they may hold patient data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+import aiohttp
+
+from . import outbox
+from .archive import Archive
+
+log = logging.getLogger(__name__)
+
+#: Channel prefix -> function of the message returning extra headers at send time.
+Signer = Callable[[outbox.Message], dict[str, str]]
+TRANSIENT = {408, 425, 429}
+
+
+def transient(status: int) -> bool:
+    """Whether an HTTP answer means "try again later" (RFC 9110 15.5.9, 15.6; RFC 6585)."""
+    return status in TRANSIENT or status >= 500
+
+
+class OutboxSender:
+    """Claims and sends due messages; one per server process (several may share a database)."""
+
+    def __init__(self, archive: Archive, signers: dict[str, Signer] | None = None) -> None:
+        self.archive = archive
+        self.settings = archive.settings
+        self.signers = dict(signers or {})
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Look for due messages now (thread-safe)."""
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self) -> None:
+        """Send until cancelled."""
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        timeout = aiohttp.ClientTimeout(total=self.settings.outbox_timeout_seconds)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                try:
+                    await self.send_due(session)
+                except Exception:
+                    log.exception("outbox: sending failed; retrying")
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.settings.outbox_poll_seconds)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def send_due(self, session: aiohttp.ClientSession) -> int:
+        """Claim the due messages and send them; the number claimed."""
+        lease = self.settings.outbox_timeout_seconds * 2 + 30
+        claimed = await asyncio.to_thread(outbox.claim_due, self.archive.db, time.time(), lease)
+        await asyncio.gather(*(self._send(session, message) for message in claimed))
+        return len(claimed)
+
+    def _headers(self, message: outbox.Message) -> dict[str, str]:
+        headers = {**message.headers, "Content-Type": message.content_type,
+                   "Idempotency-Key": message.idempotency_key}
+        for prefix, signer in self.signers.items():
+            if message.channel.startswith(prefix):
+                headers.update(signer(message))
+        return headers
+
+    async def _send(self, session: aiohttp.ClientSession, message: outbox.Message) -> None:
+        try:
+            async with session.post(message.target_url, data=message.body, headers=self._headers(message)) as resp:
+                await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            await self._failed(message, f"{type(exc).__name__}: {exc}"[:512] or type(exc).__name__, None, True)
+            return
+        if 200 <= status < 300:
+            await asyncio.to_thread(outbox.mark_delivered, self.archive.db, message, status)
+            log.info("outbox: message %d (%s) delivered, HTTP %d", message.id, message.channel, status)
+            return
+        await self._failed(message, f"HTTP {status}", status, transient(status))
+
+    async def _failed(self, message: outbox.Message, error: str, status: int | None, retry: bool) -> None:
+        attempts = self.settings.outbox_max_attempts if retry else message.attempts
+        result = await asyncio.to_thread(
+            outbox.mark_failed, self.archive.db, message, error,
+            max_attempts=attempts, base_delay=self.settings.outbox_retry_seconds, http_status=status)
+        level = logging.WARNING if result == outbox.DEAD else logging.INFO
+        log.log(level, "outbox: message %d (%s) attempt %d failed (%s): %s", message.id, message.channel,
+                message.attempts, error, result or "claim lost")
