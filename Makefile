@@ -15,9 +15,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-## Set up, load the sample studies once, and serve DIMSE on 11112 and HTTP on 8080.
+## Set up, load the sample studies once, fetch the OHIF viewer once (when npm is there),
+## and serve DIMSE on 11112 and HTTP on 8080 (viewer at http://127.0.0.1:8080/viewer/).
 run: install
 	@test -f $(PACS_DATA_DIR)/.sample-loaded || ($(PACS) sample-data && touch $(PACS_DATA_DIR)/.sample-loaded)
+	@if command -v npm >/dev/null; then $(PACS) viewer install || echo "viewer install failed: serving without /viewer"; \
+	else echo "npm not found: no OHIF viewer at /viewer (apt-get install npm, then $(PACS) viewer install)"; fi
 	$(PACS) serve
 
 ## Every test, on SQLite and on PostgreSQL (PACS_TEST_POSTGRES_URL, default 127.0.0.1:5432/test).

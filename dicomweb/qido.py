@@ -10,7 +10,7 @@ one error middleware (:mod:`pacs.web`) maps to 400.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
@@ -49,9 +49,17 @@ _UIDS = {
     Level.SERIES: ("StudyInstanceUID", "SeriesInstanceUID"),
     Level.IMAGE: ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"),
 }
-#: Query parameters that are not attributes (PS3.18 8.3.4: includefield, fuzzymatching,
-#: limit, offset).
-CONTROL = ("includefield", "fuzzymatching", "limit", "offset")
+#: Query parameters that are not attributes (PS3.18 Table 8.3.4-1).
+CONTROL = ("includefield", "fuzzymatching", "limit", "offset", "emptyvaluematching",
+           "multiplevaluematching")
+#: Optional matching modes we do not perform, and the Warning text their ``true`` gets
+#: (PS3.18 8.3.4.5, 8.3.4.6): the search runs without them.
+UNSUPPORTED = {
+    "emptyvaluematching": "The emptyvaluematching parameter is not supported. "
+                          "Empty Value Matching has not been performed.",
+    "multiplevaluematching": "The multiplevaluematching parameter is not supported. "
+                             "Multiple Value Matching has not been performed.",
+}
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
 RETRIEVE_URL, INSTANCE_AVAILABILITY = "00081190", "00080056"
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
@@ -73,6 +81,8 @@ class QidoRequest:
     tags: list[str] | None
     page: int
     limit_given: bool
+    #: Texts of ``Warning: 299`` headers the answer carries (PS3.18 8.3.4.5, 8.3.4.6).
+    warnings: list[str] = field(default_factory=list)
 
 
 def resolve(key: str, what: str) -> tuple[str, str]:
@@ -95,11 +105,12 @@ def _uint(raw: str, name: str, low: int, high: int) -> int:
     return value
 
 
-def _fuzzy(values: list[str]) -> bool:
-    """``fuzzymatching`` (PS3.18 8.3.4.2): ``true`` or ``false`` (any case)."""
-    if len(values) != 1 or values[0].lower() not in ("true", "false"):
-        raise InvalidQuery("fuzzymatching must be true or false")
-    return values[0].lower() == "true"
+def _flag(values: list[str], name: str) -> bool:
+    """A boolean search parameter (PS3.18 Table 8.3.4-1: ``fuzzymatching``,
+    ``emptyvaluematching``, ``multiplevaluematching``): ``true`` or ``false`` (any case)."""
+    if len(values) != 1 or values[0].strip().lower() not in ("true", "false"):
+        raise InvalidQuery(f"{name} must be true or false")
+    return values[0].strip().lower() == "true"
 
 
 def _include_tags(values: list[str]) -> tuple[list[str], bool]:
@@ -144,14 +155,17 @@ def _group(params: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 def _paging(grouped: dict[str, list[str]]) -> tuple[int, bool, int]:
-    """(page size, whether ``limit`` was given, offset), PS3.18 8.3.4.4."""
+    """(page size, whether ``limit`` was given, offset), PS3.18 8.3.4.4.
+
+    ``limit=0`` is a valid ``uint``: ``{maximumResults}`` is 0, so no match is returned
+    (with the Warning of more results when something matches)."""
     for name in ("limit", "offset"):
         if len(grouped.get(name, [])) > 1:
             raise InvalidQuery(f"{name} given more than once")
-    limit = grouped.get("limit", [""])[0]
-    offset = grouped.get("offset", [""])[0]
-    page = _uint(limit, "limit", 1, MAX_RESULTS) if limit else MAX_RESULTS
-    return page, bool(limit), _uint(offset, "offset", 0, MAX_OFFSET) if offset else 0
+    given = "limit" in grouped
+    page = _uint(grouped["limit"][0], "limit", 0, MAX_RESULTS) if given else MAX_RESULTS
+    offset = _uint(grouped["offset"][0], "offset", 0, MAX_OFFSET) if "offset" in grouped else 0
+    return page, given, offset
 
 
 def _path_matchers(query: Query, path: dict[str, str], grouped: dict[str, list[str]]) -> None:
@@ -171,14 +185,16 @@ def parse(level: Level, params: Iterable[tuple[str, str]], path: dict[str, str])
     page, limit_given, offset = _paging(grouped)
     query = Query(level, offset=offset, limit=page + 1)
     if "fuzzymatching" in grouped:
-        query.fuzzy = _fuzzy(grouped["fuzzymatching"])
+        query.fuzzy = _flag(grouped["fuzzymatching"], "fuzzymatching")
+    warnings = [text for name, text in UNSUPPORTED.items()
+                if name in grouped and _flag(grouped[name], name)]
     _path_matchers(query, path, grouped)
     extra, include_all = _include_tags(grouped.get("includefield", []))
     for key, values in grouped.items():
         if key not in CONTROL:
             extra.append(_attribute_matcher(query, key, values))
     tags = None if include_all and level == Level.IMAGE else return_tags(level, path, extra, include_all)
-    return QidoRequest(query, tags, page, limit_given)
+    return QidoRequest(query, tags, page, limit_given, warnings)
 
 
 def return_tags(level: Level, path: dict[str, str], extra: list[str], include_all: bool) -> list[str]:

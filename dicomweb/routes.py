@@ -1,5 +1,7 @@
 """The DICOMweb routes under ``/dicom-web``: QIDO-RS (PS3.18 10.6), WADO-RS (PS3.18 10.4,
-:mod:`dicomweb.wado`) and CORS.
+:mod:`dicomweb.wado`), Retrieve Capabilities (PS3.18 8.9, :mod:`dicomweb.capabilities`),
+the delete extension (:mod:`dicomweb.delete`) and CORS (:mod:`dicomweb.cors`: ``OPTIONS``
+on every route path, headers on every answer).
 
 ``setup(app, archive)`` is the ``pacs.http`` entry point that
 :func:`pacs.server.build_application` calls; ``pacs/`` never imports this package.
@@ -20,9 +22,9 @@ from pacs.query import Level, search
 from pacs.errors import NotAcceptable
 from pacs.web import ARCHIVE, run_blocking
 
-from . import accept, qido, wado
+from . import accept, capabilities, delete, frames, qido, rendered, stow, wado, wado_uri
+from .cors import PREFIX, ROUTE_METHODS, cors_headers, preflight
 
-PREFIX = "/dicom-web"
 DICOM_JSON = accept.DICOM_JSON
 #: Accept media ranges a QIDO-RS JSON answer satisfies (PS3.18 8.7.4, 10.6.1.3).
 #: Search transactions: target resource path (PS3.18 Table 10.6.1-2) and query level.
@@ -57,10 +59,12 @@ async def qido_search(request: web.Request, level: Level) -> web.Response:
         raise NotAcceptable(f"QIDO-RS answers {DICOM_JSON} only, not {request.headers['Accept']}")
     parsed = qido.parse(level, request.query.items(), wado.path_uids(dict(request.match_info)))
     body, more = await run_blocking(_answer, request.app[ARCHIVE], parsed, wado.base_url(request))
-    headers = {"Content-Type": DICOM_JSON}
+    texts = list(parsed.warnings)
     if more:
-        text = MORE_RESULTS if parsed.limit_given else OVER_MAXIMUM.format(parsed.page)
-        headers["Warning"] = f'299 {request.host} "{text}"'
+        texts.append(MORE_RESULTS if parsed.limit_given else OVER_MAXIMUM.format(parsed.page))
+    headers = {"Content-Type": DICOM_JSON}
+    if texts:  # one header, comma-separated warning-values (RFC 7234 5.5)
+        headers["Warning"] = ", ".join(f'299 {request.host} "{text}"' for text in texts)
     return web.Response(body=body, headers=headers)
 
 
@@ -72,26 +76,6 @@ def _search_handler(level: Level) -> Callable[[web.Request], Awaitable[web.Respo
     return handler
 
 
-async def preflight(request: web.Request) -> web.Response:
-    """CORS preflight (Fetch standard) of a /dicom-web route: any origin, the methods the
-    routes serve, the headers the browser asks for; browsers may cache it for a day."""
-    asked = request.headers.get("Access-Control-Request-Headers", "")
-    return web.Response(status=204, headers={
-        "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
-        "Access-Control-Allow-Headers": asked or "Accept, Authorization, Content-Type",
-        "Access-Control-Max-Age": "86400",
-    })
-
-
-async def cors_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """Every answer under /dicom-web (errors included) may be read by any origin, and
-    the Warning header of a truncated search and the ETag of metadata are visible to
-    browser code."""
-    if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
-        response.headers["Access-Control-Allow-Origin"] = "*"
-        response.headers["Access-Control-Expose-Headers"] = "Warning, Content-Type, ETag"
-
-
 def _qido_routes() -> list[tuple[str, str, Callable[[web.Request], Any]]]:
     return [("GET", path, _search_handler(level)) for path, level in QIDO_ROUTES]
 
@@ -99,7 +83,8 @@ def _qido_routes() -> list[tuple[str, str, Callable[[web.Request], Any]]]:
 def route_table() -> list[tuple[str, str, Callable[[web.Request], Any]]]:
     """Every DICOMweb route: (method, path under /dicom-web, handler). Each service
     module owns its ``ROUTES``; this is the one place that lists the modules."""
-    return [*_qido_routes(), *wado.ROUTES]
+    return [*_qido_routes(), *wado.ROUTES, *frames.ROUTES, *rendered.ROUTES, *wado_uri.ROUTES, *delete.ROUTES,
+            *capabilities.ROUTES, *stow.ROUTES]
 
 
 def setup(app: web.Application, archive: Archive | None = None) -> None:
@@ -109,15 +94,19 @@ def setup(app: web.Application, archive: Archive | None = None) -> None:
     for the entry-point signature and used only when the app has none yet."""
     if archive is not None and ARCHIVE not in app:
         app[ARCHIVE] = archive
-    preflighted: set[str] = set()
+    by_path: dict[str, list[tuple[str, Callable[[web.Request], Any]]]] = {}
     for method, path, handler in route_table():
-        if method == "GET":
-            app.router.add_get(PREFIX + path, handler)  # HEAD too
-        else:
-            app.router.add_route(method, PREFIX + path, handler)
-        if path not in preflighted:
-            app.router.add_route("OPTIONS", PREFIX + path, preflight)
-            preflighted.add(path)
+        by_path.setdefault(path, []).append((method, handler))
+    app[ROUTE_METHODS] = {path: frozenset(m for m, _ in routes) for path, routes in by_path.items()}
+    for path, routes in by_path.items():  # a path's routes together: one aiohttp resource
+        for method, handler in routes:
+            if method == "GET":
+                app.router.add_get(PREFIX + path, handler)  # HEAD too
+            else:
+                app.router.add_route(method, PREFIX + path, handler)
+        if "OPTIONS" not in app[ROUTE_METHODS][path]:
+            app.router.add_route("OPTIONS", PREFIX + path, preflight)  # CORS preflight, cors.py
+    wado_uri.setup_root(app)  # WADO-URI also at /wado (PS3.18 9.1: base implementation-defined)
     app.on_response_prepare.append(cors_headers)
 
 

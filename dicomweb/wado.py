@@ -16,9 +16,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -131,9 +133,14 @@ async def retrieve_metadata(request: web.Request) -> web.Response:
 
 
 def base_url(request: web.Request) -> str:
-    """The DICOMweb root as the client addressed it (scheme, Host, ``/dicom-web``)."""
+    """The DICOMweb root of RetrieveURL / BulkDataURI values (PS3.18 8.2 Base URI): the
+    ``public_base_url`` setting when set (behind a reverse proxy), otherwise as the
+    client addressed it (scheme, Host, ``/dicom-web``)."""
     from .routes import PREFIX
 
+    public = request.app[ARCHIVE].settings.public_base_url
+    if public:
+        return public.rstrip("/")
     return f"{request.scheme}://{request.host}{PREFIX}"
 
 
@@ -187,32 +194,75 @@ def open_part(archive: Archive, item: RetrieveItem, syntax: str) -> PartSource:
         raise StorageUnavailable(f"object of {item.sop_instance_uid} missing from the store") from None
 
 
-async def _write_part(resp: web.StreamResponse, boundary: str, source: PartSource) -> None:
-    """One body part (PS3.18 8.7.5; RFC 2387): delimiter, Content-Type with the
-    transfer-syntax parameter, the Part 10 object chunk by chunk, CRLF."""
-    head = f"--{boundary}\r\nContent-Type: {accept.DICOM}; transfer-syntax={source.syntax}\r\n\r\n"
+def _part_head(boundary: str, syntax: str) -> bytes:
+    """A body part's delimiter and header (PS3.18 8.7.5; RFC 2387)."""
+    return f"--{boundary}\r\nContent-Type: {accept.DICOM}; transfer-syntax={syntax}\r\n\r\n".encode("ascii")
+
+
+def _is_file(stream: BinaryIO | None) -> bool:
+    """Whether ``stream`` is a regular file the kernel can send from (a folder store)."""
     try:
-        await resp.write(head.encode("ascii"))
-        if source.stream is not None:
-            while chunk := await run_blocking(source.stream.read, CHUNK_SIZE):
-                await resp.write(chunk)
-        for start in range(0, len(source.data), CHUNK_SIZE):
-            await resp.write(source.data[start:start + CHUNK_SIZE])
-    finally:
-        await run_blocking(source.close)
-    await resp.write(b"\r\n")
+        return stream is not None and os.path.isfile(f"/proc/self/fd/{stream.fileno()}")
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
-async def _write_parts(resp: web.StreamResponse, archive: Archive, boundary: str,
-                       first: PartSource, rest: list[tuple[RetrieveItem, str]]) -> None:
+def zero_copy_length(parts: list[tuple[RetrieveItem, str]], first: PartSource, boundary: str) -> int | None:
+    """The exact body length when every part goes as stored from files, so the answer can
+    be sent with ``Content-Length`` and ``sendfile`` (no copy through Python); else None."""
+    if not _is_file(first.stream) or any(syntax != item.transfer_syntax_uid for item, syntax in parts):
+        return None
+    heads = sum(len(_part_head(boundary, syntax)) + 2 for _, syntax in parts)
+    return heads + sum(item.size for item, _ in parts) + len(f"--{boundary}--\r\n")
+
+
+@dataclass
+class Sender:
+    """Where and how parts are written: through the response, or (``zero_copy``) the
+    stored files straight from the page cache to the socket with ``sendfile``."""
+
+    request: web.Request
+    resp: web.StreamResponse
+    boundary: str
+    zero_copy: bool = False
+
+    async def part(self, source: PartSource) -> None:
+        """One body part: delimiter, Content-Type with the transfer-syntax parameter, the
+        Part 10 object, CRLF."""
+        try:
+            await self.resp.write(_part_head(self.boundary, source.syntax))
+            if self.zero_copy and source.stream is not None:
+                await self._sendfile(source)
+            elif source.stream is not None:
+                while chunk := await run_blocking(source.stream.read, CHUNK_SIZE):
+                    await self.resp.write(chunk)
+            for start in range(0, len(source.data), CHUNK_SIZE):
+                await self.resp.write(source.data[start:start + CHUNK_SIZE])
+        finally:
+            await run_blocking(source.close)
+        await self.resp.write(b"\r\n")
+
+    async def _sendfile(self, source: PartSource) -> None:
+        transport = self.request.transport
+        if transport is None:
+            raise ConnectionResetError("the client went away")
+        assert source.stream is not None
+        sent = await asyncio.get_running_loop().sendfile(transport, source.stream, 0, source.item.size)
+        if sent != source.item.size:  # the object is not the size the index says
+            raise StorageUnavailable(f"object of {source.item.sop_instance_uid} is {sent} bytes, "
+                                     f"not {source.item.size}")
+
+
+async def _write_parts(sender: Sender, archive: Archive, first: PartSource,
+                       rest: list[tuple[RetrieveItem, str]]) -> None:
     """Every part, then the close delimiter; a failure closes the connection unfinished."""
     source: PartSource | None = first
     try:
-        await _write_part(resp, boundary, first)
+        await sender.part(first)
         for item, syntax in rest:
             source = None
             source = await run_blocking(open_part, archive, item, syntax)
-            await _write_part(resp, boundary, source)
+            await sender.part(source)
     except ConnectionError:  # the client went away: nothing more to send
         log.info("WADO-RS: the client closed the connection during a retrieve")
         return
@@ -220,8 +270,8 @@ async def _write_parts(resp: web.StreamResponse, archive: Archive, boundary: str
         sop = source.item.sop_instance_uid if source else "the next instance"
         log.warning("WADO-RS: sending %s failed (%s); response closed unfinished", sop, exc)
         raise ResponseAborted(str(exc)) from exc
-    await resp.write(f"--{boundary}--\r\n".encode("ascii"))
-    await resp.write_eof()
+    await sender.resp.write(f"--{sender.boundary}--\r\n".encode("ascii"))
+    await sender.resp.write_eof()
 
 
 async def retrieve_instances(request: web.Request) -> web.StreamResponse:
@@ -232,7 +282,9 @@ async def retrieve_instances(request: web.Request) -> web.StreamResponse:
 
     The first object is opened before the status is sent. Failures after that (a later
     object missing) cannot change the status any more: the connection is closed before
-    the close delimiter, which the client sees as a truncated message."""
+    the close delimiter, which the client sees as a truncated message. Objects sent as
+    stored from the folder store go by ``sendfile`` with an exact ``Content-Length``;
+    otherwise the body is chunked."""
     wanted = accept.dicom_syntaxes(request.headers.get("Accept"))
     if not wanted:
         raise NotAcceptable(f'instances are answered as multipart/related; type="{accept.DICOM}" only')
@@ -243,8 +295,11 @@ async def retrieve_instances(request: web.Request) -> web.StreamResponse:
         raise not_found(uids)
     first = await run_blocking(open_part, archive, *parts[0])
     boundary = uuid.uuid4().hex
+    length = zero_copy_length(parts, first, boundary)
     resp = web.StreamResponse(headers={
         "Content-Type": f'multipart/related; type="{accept.DICOM}"; boundary={boundary}'})
+    if length is not None:
+        resp.content_length = length
     try:
         await resp.prepare(request)
     except BaseException:
@@ -253,7 +308,7 @@ async def retrieve_instances(request: web.Request) -> web.StreamResponse:
     if request.method == "HEAD":
         await run_blocking(first.close)
         return resp
-    await _write_parts(resp, archive, boundary, first, parts[1:])
+    await _write_parts(Sender(request, resp, boundary, length is not None), archive, first, parts[1:])
     return resp
 
 

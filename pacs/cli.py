@@ -1,4 +1,4 @@
-"""The ``pacs`` command line: serve, import, sample-data, db upgrade, ae add/list/remove."""
+"""The ``pacs`` command line: serve, import, sample-data, db upgrade, ae add/list/remove, viewer install."""
 
 from __future__ import annotations
 
@@ -111,6 +111,18 @@ def cmd_ae(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_viewer(args: argparse.Namespace) -> int:
+    """``pacs viewer install [--force] [--tarball PATH]``: fetch the pinned OHIF viewer."""
+    from .viewer import OHIF_PACKAGE, install
+
+    installed, fetched = install(_settings(args), force=args.force,
+                                 tarball=Path(args.tarball) if args.tarball else None)
+    state = "installed" if fetched else "already installed"
+    print(f"{OHIF_PACKAGE}@{installed.version} {state} in {installed.root}; "
+          "`pacs serve` hosts it at /viewer/")
+    return 0
+
+
 def _allowed(entry) -> str:  # type: ignore[no-untyped-def]
     """``allow=echo,store,...`` (or ``allow=all``) for an AE registry entry."""
     allowed = [op for op, ok in entry.allow.items() if ok]
@@ -167,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("name")
     ae_sub.add_parser("list")
     ae.set_defaults(func=cmd_ae)
+
+    viewer = sub.add_parser("viewer", help="the OHIF web viewer served at /viewer")
+    viewer_sub = viewer.add_subparsers(dest="viewer_command", required=True)
+    vinst = viewer_sub.add_parser("install", help="fetch the pinned @ohif/app with npm and verify it")
+    vinst.add_argument("--force", action="store_true", help="fetch and replace even if installed")
+    vinst.add_argument("--tarball", help="install from this npm tarball instead of `npm pack`")
+    viewer.set_defaults(func=cmd_viewer)
     return parser
 
 

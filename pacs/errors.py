@@ -75,6 +75,36 @@ class InvalidQuery(PacsError):
     http_status = 400
 
 
+class StudyMismatch(PacsError):
+    """STOW-RS to ``/studies/{study}``: the instance belongs to another study (PS3.18
+    10.5.1.1, Table 10.5.3-1 "Study Instance UID mismatch"); Failure Reason C409, as
+    dcm4chee-arc uses (implementation specific, PS3.18 I.2.2)."""
+
+    dimse_status = 0xC409
+    http_status = 409
+
+
+class MalformedRequest(PacsError):
+    """An HTTP request body that cannot be parsed (bad or missing multipart boundary,
+    truncated body): 400."""
+
+    http_status = 400
+
+
+class PayloadTooLarge(PacsError):
+    """A request or one of its parts is larger than the configured limit: 413
+    (Failure Reason A700, out of resources, PS3.18 I.2.2)."""
+
+    dimse_status = 0xA700
+    http_status = 413
+
+
+class UnsupportedMediaType(PacsError):
+    """The request's or a part's Content-Type is not one the transaction takes: 415."""
+
+    http_status = 415
+
+
 def error_comment(error: Exception) -> str:
     """An Error Comment (0000,0902) value: LO, at most 64 characters."""
     text = str(error).replace("\\", "/").replace("\n", " ")

@@ -32,6 +32,15 @@ class EventType(str, Enum):
     STUDY_DELETED = "StudyDeleted"
     SERIES_DELETED = "SeriesDeleted"
     INSTANCE_DELETED = "InstanceDeleted"
+    # Worklist (worklist/): scheduled procedure steps and MPPS (PS3.4 F.7).
+    PROCEDURE_SCHEDULED = "ProcedureScheduled"
+    PROCEDURE_UPDATED = "ProcedureUpdated"
+    PROCEDURE_CANCELLED = "ProcedureCancelled"
+    MPPS_IN_PROGRESS = "MppsInProgress"
+    MPPS_COMPLETED = "MppsCompleted"
+    MPPS_DISCONTINUED = "MppsDiscontinued"
+    # Reports (worklist/reports.py): a report version was signed (payload: version, status).
+    REPORT_SIGNED = "ReportSigned"
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import metrics
-from .errors import DuplicateConflict, PacsError, SOPClassMismatch, StorageUnavailable
+from .errors import DuplicateConflict, PacsError, SOPClassMismatch, StorageUnavailable, StudyMismatch
 from .events import EventType, append_event
 from .index.models import Instance, PendingWrite, Series, Study
 from .index.writer import (
@@ -108,12 +108,15 @@ def ingest_file(
     source: str,
     calling_ae: str = "",
     expected_sop_class: str | None = None,
+    expected_study: str | None = None,
     consume: bool = False,
     sha256: str | None = None,
 ) -> IngestResult:
     """Ingest the Part 10 file at ``path``. With ``consume`` the file is ours to remove;
     it must then lie in the archive's incoming folder (the spool, see module doc).
-    ``sha256``: the file's digest when the caller computed it while writing the file."""
+    ``sha256``: the file's digest when the caller computed it while writing the file.
+    ``expected_study``: refuse an instance of another study (STOW-RS to /studies/{study})
+    before anything is written."""
     started = time.perf_counter()
     spool = _Spool(os.fspath(path) if consume else _spool_copy(archive, os.fspath(path)))
     # The spool is flushed to disk while we parse and check it: fsync waits on the disk
@@ -125,6 +128,8 @@ def ingest_file(
             parsed = parse_instance(fp, size)
         if expected_sop_class and parsed.sop_class_uid != expected_sop_class:
             raise SOPClassMismatch("SOPClassUID differs from the negotiated SOP class")
+        if expected_study and parsed.study_uid != expected_study:
+            raise StudyMismatch("StudyInstanceUID differs from the study of the request")
         sha = sha256 or _sha256(spool.path)
         result = _store_and_index(archive, spool, parsed, size, sha, source, calling_ae, flushing)
     except PacsError as exc:

@@ -24,8 +24,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 
 from .index.db import Database
 from .index.models import OutboxMessage
@@ -44,6 +45,7 @@ class Message:
     id: int
     channel: str
     target_url: str
+    method: str
     content_type: str
     headers: dict[str, str]
     body: bytes
@@ -52,12 +54,15 @@ class Message:
 
 
 def enqueue(conn: Connection, *, channel: str, target_url: str, body: bytes | str, content_type: str,
-            idempotency_key: str, headers: dict[str, str] | None = None, now: float | None = None) -> int | None:
+            idempotency_key: str, headers: dict[str, str] | None = None, method: str = "POST",
+            now: float | None = None) -> int | None:
     """Add a message in the caller's transaction; None when its idempotency key is already
     queued (the same cause enqueued twice). ``channel`` groups messages for listing
-    (e.g. ``fhir``, ``ai:<subscription>``)."""
+    (e.g. ``fhir``, ``ai:<subscription>``); ``method`` is POST or PUT."""
+    if method not in ("POST", "PUT"):
+        raise ValueError(f"unsupported outbox method {method}")
     data = body.encode("utf-8") if isinstance(body, str) else body
-    values = dict(channel=channel[:64], target_url=target_url, content_type=content_type[:128],
+    values = dict(channel=channel[:64], target_url=target_url, method=method, content_type=content_type[:128],
                   headers=json.dumps(headers or {}), body=data, idempotency_key=idempotency_key[:128],
                   status=PENDING, attempts=0, next_attempt_at=time.time() if now is None else now,
                   created_at=time.time(), last_error="", last_status=None)
@@ -71,14 +76,27 @@ def enqueue(conn: Connection, *, channel: str, target_url: str, body: bytes | st
     return int(row_id)
 
 
-def claim_due(db: Database, now: float, lease_seconds: float, limit: int = 20) -> list[Message]:
-    """Claim up to ``limit`` due pending messages for ``lease_seconds`` (see module doc)."""
+def _fifo(prefixes: tuple[str, ...]) -> Any:
+    """Condition: a message of a channel starting with one of ``prefixes`` waits while an
+    older message of the same channel is pending (per-channel delivery in order, e.g. an AI
+    engine's notifications); other channels are not held back."""
+    older = aliased(OutboxMessage)
+    head = ~exists().where(older.channel == OutboxMessage.channel, older.status == PENDING,
+                           older.id < OutboxMessage.id)
+    return or_(and_(*(~OutboxMessage.channel.startswith(p, autoescape=True) for p in prefixes)), head)
+
+
+def claim_due(db: Database, now: float, lease_seconds: float, limit: int = 20,
+              ordered: tuple[str, ...] = ()) -> list[Message]:
+    """Claim up to ``limit`` due pending messages for ``lease_seconds`` (see module doc).
+    Channels starting with one of ``ordered`` are delivered one message at a time, oldest
+    first (:func:`_fifo`)."""
+    stmt = (select(OutboxMessage.id, OutboxMessage.attempts)
+            .where(OutboxMessage.status == PENDING, OutboxMessage.next_attempt_at <= now))
+    if ordered:
+        stmt = stmt.where(_fifo(ordered))
     with db.read() as conn:
-        rows = conn.execute(
-            select(OutboxMessage.id, OutboxMessage.attempts)
-            .where(OutboxMessage.status == PENDING, OutboxMessage.next_attempt_at <= now)
-            .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit)
-        ).all()
+        rows = conn.execute(stmt.order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit)).all()
     claimed = []
     for row_id, attempts in rows:
         with db.write() as conn:
@@ -91,7 +109,7 @@ def claim_due(db: Database, now: float, lease_seconds: float, limit: int = 20) -
             if won != 1:
                 continue
             row = conn.execute(select(OutboxMessage).where(OutboxMessage.id == row_id)).one()
-        claimed.append(Message(row.id, row.channel, row.target_url, row.content_type,
+        claimed.append(Message(row.id, row.channel, row.target_url, row.method, row.content_type,
                                json.loads(row.headers), bytes(row.body), row.idempotency_key, row.attempts))
     return claimed
 
@@ -151,7 +169,7 @@ def list_messages(db: Database, *, channel: str | None = None, status: str | Non
         stmt = stmt.where(OutboxMessage.status == status)
     with db.read() as conn:
         rows = conn.execute(stmt.order_by(OutboxMessage.id).limit(limit)).all()
-    return [{"id": r.id, "channel": r.channel, "target_url": r.target_url, "status": r.status,
+    return [{"id": r.id, "channel": r.channel, "method": r.method, "target_url": r.target_url, "status": r.status,
              "attempts": r.attempts, "next_attempt_at": r.next_attempt_at, "last_status": r.last_status,
              "last_error": r.last_error, "idempotency_key": r.idempotency_key,
              "created_at": r.created_at, "delivered_at": r.delivered_at} for r in rows]

@@ -1,7 +1,7 @@
 """Sends the outbox (:mod:`pacs.outbox`): an asyncio task of ``pacs serve``.
 
 Every ``outbox_poll_seconds`` (or at once after :meth:`OutboxSender.wake`) it claims the
-due messages and POSTs each to its target with ``Content-Type``, ``Idempotency-Key`` and
+due messages and sends each (POST, or PUT) to its target with ``Content-Type``, ``Idempotency-Key`` and
 the message's own headers, plus any headers a *signer* registered for the message's
 channel computes at send time (e.g. a webhook's timestamped HMAC signature).
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 import aiohttp
 
@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 #: Channel prefix -> function of the message returning extra headers at send time.
 Signer = Callable[[outbox.Message], dict[str, str]]
+#: Channel prefix -> coroutine delivering a message by other means than HTTP (e.g. a DICOM
+#: push), answering an HTTP-like status: 2xx delivered, transient (see :func:`transient`)
+#: retried, other codes dead at once. OSError means transient too.
+Transport = Callable[[outbox.Message], Awaitable[int]]
 TRANSIENT = {408, 425, 429}
 
 
@@ -39,10 +43,14 @@ def transient(status: int) -> bool:
 class OutboxSender:
     """Claims and sends due messages; one per server process (several may share a database)."""
 
-    def __init__(self, archive: Archive, signers: dict[str, Signer] | None = None) -> None:
+    def __init__(self, archive: Archive, signers: dict[str, Signer] | None = None,
+                 transports: dict[str, Transport] | None = None, ordered: tuple[str, ...] = ()) -> None:
         self.archive = archive
         self.settings = archive.settings
         self.signers = dict(signers or {})
+        self.transports = dict(transports or {})
+        #: Channel prefixes delivered in order, one message at a time (outbox.claim_due).
+        self.ordered = tuple(ordered)
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -70,7 +78,7 @@ class OutboxSender:
     async def send_due(self, session: aiohttp.ClientSession) -> int:
         """Claim the due messages and send them; the number claimed."""
         lease = self.settings.outbox_timeout_seconds * 2 + 30
-        claimed = await asyncio.to_thread(outbox.claim_due, self.archive.db, time.time(), lease)
+        claimed = await asyncio.to_thread(outbox.claim_due, self.archive.db, time.time(), lease, 20, self.ordered)
         await asyncio.gather(*(self._send(session, message) for message in claimed))
         return len(claimed)
 
@@ -83,10 +91,15 @@ class OutboxSender:
         return headers
 
     async def _send(self, session: aiohttp.ClientSession, message: outbox.Message) -> None:
+        transport = next((t for p, t in self.transports.items() if message.channel.startswith(p)), None)
         try:
-            async with session.post(message.target_url, data=message.body, headers=self._headers(message)) as resp:
-                await resp.read()
-                status = resp.status
+            if transport is not None:
+                status = await transport(message)
+            else:
+                async with session.request(message.method, message.target_url, data=message.body,
+                                           headers=self._headers(message)) as resp:
+                    await resp.read()
+                    status = resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             await self._failed(message, f"{type(exc).__name__}: {exc}"[:512] or type(exc).__name__, None, True)
             return

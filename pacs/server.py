@@ -17,9 +17,11 @@ from aiohttp import web
 
 from .archive import Archive
 from .dimse.server import DimseServer
+from .consumers import Consumer, consume_all
 from .errors import PacsError
 from .outbox_worker import OutboxSender
 from .settings import Settings
+from .viewer_web import setup_viewer
 from .web import create_app
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,14 @@ log = logging.getLogger(__name__)
 HTTP_ENTRY_POINTS = "pacs.http"
 DIMSE = web.AppKey("dimse", DimseServer)
 OUTBOX = web.AppKey("outbox", OutboxSender)
+#: Event consumers the HTTP doors register (``app[CONSUMERS].append(...)`` in their setup).
+CONSUMERS = web.AppKey("consumers", list)
+#: Outbox hooks the HTTP doors register in their setup (pacs/outbox_worker.py): channel
+#: prefix -> signer, channel prefix -> transport, and channel prefixes delivered in order.
+OUTBOX_SIGNERS = web.AppKey("outbox_signers", dict)
+OUTBOX_TRANSPORTS = web.AppKey("outbox_transports", dict)
+OUTBOX_ORDERED = web.AppKey("outbox_ordered", list)
+CONSUME_EVERY = 0.5
 ORPHAN_SWEEP_EVERY = 60.0
 
 
@@ -39,6 +49,15 @@ async def _stability_loop(archive: Archive) -> None:
         except Exception:
             log.exception("stability sweep failed; retrying")
         await asyncio.sleep(interval)
+
+
+async def _consumer_loop(archive: Archive, consumers: list[Consumer], sender: OutboxSender | None = None) -> None:
+    """Apply the event log to every registered consumer (pacs/consumers.py); wake the
+    outbox sender when events were applied (their messages are due now)."""
+    while True:
+        if await asyncio.to_thread(consume_all, archive.db, consumers) and sender is not None:
+            sender.wake()
+        await asyncio.sleep(CONSUME_EVERY)
 
 
 async def _orphan_loop(archive: Archive) -> None:
@@ -63,7 +82,10 @@ def build_application(
 ) -> web.Application:
     """The full application: archive routes, DICOMweb routes when present, DIMSE, sweeps."""
     app = create_app(archive)
+    app[CONSUMERS] = []
+    app[OUTBOX_SIGNERS], app[OUTBOX_TRANSPORTS], app[OUTBOX_ORDERED] = {}, {}, []
     add_http_doors(app, archive)
+    setup_viewer(app, archive.settings)  # /viewer: the OHIF viewer, once installed
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         try:
@@ -73,9 +95,12 @@ def build_application(
         dimse = DimseServer(archive, reuse_port=reuse_port)
         await asyncio.to_thread(dimse.start, None, dimse_port)
         app[DIMSE] = dimse
-        app[OUTBOX] = sender = OutboxSender(archive)
+        app[OUTBOX] = sender = OutboxSender(archive, signers=app[OUTBOX_SIGNERS],
+                                            transports=app[OUTBOX_TRANSPORTS], ordered=tuple(app[OUTBOX_ORDERED]))
         tasks = [asyncio.create_task(_stability_loop(archive)), asyncio.create_task(_orphan_loop(archive)),
                  asyncio.create_task(sender.run())]
+        if app[CONSUMERS]:
+            tasks.append(asyncio.create_task(_consumer_loop(archive, app[CONSUMERS], sender)))
         yield
         for task in tasks:
             task.cancel()

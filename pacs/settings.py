@@ -74,6 +74,12 @@ class Settings:
         "each failure, at most one hour.",
         default=5.0,
     )
+    emr_fhir_url: str = _doc(
+        "Base URL of the EMR's FHIR R4 endpoint (e.g. `https://emr.example/fhir`): signed reports go "
+        "there as DiagnosticReport and stable studies as ImagingStudy (PUT, through the outbox). "
+        "Empty: nothing is sent.",
+        default="",
+    )
     outbox_max_attempts: int = _doc(
         "Attempts to deliver an outgoing HTTP message (EMR FHIR, AI webhooks) before it is dead "
         "(listed in `GET /api/outbox`, redelivered on demand).",
@@ -111,12 +117,57 @@ class Settings:
         "On SIGTERM, seconds to let in-flight associations and requests finish.", default=30.0
     )
     log_level: str = _doc("Log level. Patient identifiers are never logged at INFO or above.", default="INFO")
+    allow_delete: bool = _doc(
+        "DICOMweb `DELETE` of studies, series and instances (`dicomweb/delete.py`). With `false` "
+        "(the default) every DELETE is answered 405 Method Not Allowed and nothing is deleted.",
+        default=False,
+    )
+    cors_allowed_origins: tuple[str, ...] = _doc(
+        "Origins whose browser code may read DICOMweb answers (CORS): a comma-separated list of "
+        "origins such as `https://viewer.example.org`, or `*` for any origin. Other origins get "
+        "no CORS headers.",
+        default=("*",),
+    )
+    public_base_url: str = _doc(
+        "The DICOMweb root as clients reach it, e.g. `https://pacs.example.org/dicom-web`, used in "
+        "RetrieveURL and BulkDataURI values behind a reverse proxy. Empty: built from the request "
+        "(scheme, Host header, `/dicom-web`).",
+        default="",
+    )
+    stow_max_part_bytes: int = _doc(
+        "STOW-RS: largest instance (one body part) accepted, in bytes; a larger part is answered "
+        "413 and not stored. Default 4 GiB, the largest defined-length Pixel Data value.",
+        default=4 * 1024**3,
+    )
+    stow_max_request_bytes: int = _doc(
+        "STOW-RS: largest request body, in bytes (all parts together); beyond it the request is "
+        "answered 413 (parts stored before the limit stay stored and are listed).",
+        default=20 * 1024**3,
+    )
+    viewer_dir: str = _doc(
+        "Folder of the OHIF viewer that `pacs viewer install` fetches and `/viewer` serves "
+        "(empty: `viewer/` in the data dir).",
+        default="",
+    )
+    ai_token_ttl_seconds: float = _doc(
+        "Lifetime of the study-scoped access token an AI notification carries (ai_hooks/tokens.py), "
+        "counted from the event that triggered the notification.",
+        default=3600.0,
+    )
+    ai_require_token: bool = _doc(
+        "`POST /api/ai/results` needs `Authorization: Bearer <token>` with a study-scoped token of the "
+        "study it posts to (401/403 otherwise). With `false` (until the security issue brings general "
+        "authentication) a token is checked only when one is sent.",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         if self.duplicate_policy not in DUPLICATE_POLICIES:
             raise ValueError(f"duplicate_policy must be one of {DUPLICATE_POLICIES}")
         if self.sqlite_synchronous not in ("full", "normal"):
             raise ValueError("sqlite_synchronous must be full or normal")
+        if self.public_base_url and not self.public_base_url.startswith(("http://", "https://")):
+            raise ValueError("public_base_url must be an http:// or https:// URL")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
         if self.commitment_max_attempts < 1:
@@ -155,6 +206,9 @@ def _coerce(raw: Any, target: Any) -> Any:
         return str(raw).strip().lower() in ("1", "true", "yes", "on")
     if kind is Path:
         return Path(raw)
+    if kind is tuple:  # a list: TOML array, or comma-separated text from the environment
+        items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+        return tuple(str(item).strip() for item in items if str(item).strip())
     return kind(raw)
 
 

@@ -59,6 +59,11 @@ STUDY_CASES: list[tuple[dict[str, str], set[str]]] = [
     ({"ReferringPhysicianName": "smith*"}, {"S1"}),
     ({"PatientName": "", "StudyDate": ""}, {"S1", "S2", "S3", "S4", "S5"}),
     ({"PatientID": "NOBODY"}, set()),
+    ({"StudyTime": "080000-101500"}, {"S1", "S3", "S5"}),
+    ({"StudyDate": "20260101-20260101"}, {"S1"}),
+    ({"PatientName": "o'brien^mary"}, {"S4"}),
+    ({"AccessionNumber": "A100\\C7"}, {"S1", "S5"}),
+    ({"PatientBirthDate": "19700101", "PatientSex": "F"}, {"S1", "S2", "S3", "S4", "S5"}),
 ]
 
 

@@ -160,14 +160,21 @@ def test_server_maximum_cuts_with_warning(loaded: Loaded, monkeypatch: pytest.Mo
         ("/studies", {"StudyDate": "-"}, "a range needs at least one end"),
         ("/studies", {"StudyDate": "20260201-20260101"}, "range start after its end"),
         ("/studies", {"StudyTime": "25h"}, "times are"),
-        ("/studies", {"limit": "-1"}, "limit must be an integer from 1 to 10000"),
+        ("/studies", {"limit": "-1"}, "limit must be an integer from 0 to 10000"),
         ("/studies", {"limit": "ten"}, "limit must be an integer"),
         ("/studies", {"limit": "2.5"}, "limit must be an integer"),
-        ("/studies", {"limit": "10001"}, "limit must be an integer from 1 to 10000"),
-        ("/studies", {"limit": "0"}, "limit must be"),
+        ("/studies", {"limit": "10001"}, "limit must be an integer from 0 to 10000"),
+        ("/studies", {"limit": "1e3"}, "limit must be an integer"),
+        ("/studies", {"limit": ""}, "limit must be an integer"),
+        ("/studies", [("limit", "1"), ("limit", "2")], "limit given more than once"),
         ("/studies", {"offset": "-3"}, "offset must be an integer"),
         ("/studies", {"offset": "9" * 40}, "offset must be an integer"),
         ("/studies", {"fuzzymatching": "maybe"}, "fuzzymatching must be true or false"),
+        ("/studies", {"emptyvaluematching": "yes"}, "emptyvaluematching must be true or false"),
+        ("/studies", {"multiplevaluematching": "1"}, "multiplevaluematching must be true or false"),
+        ("/studies", {"PatientBirthDate": "19700132x"}, "PatientBirthDate: dates are YYYYMMDD"),
+        ("/series", {"SeriesDate": "2026010"}, "SeriesDate: dates are YYYYMMDD"),
+        ("/studies", {"includefield": "00100010,Bogus"}, "includefield: unknown attribute Bogus"),
         ("/studies", {"includefield": "NoSuchKeyword"}, "includefield: unknown attribute NoSuchKeyword"),
         ("/studies", {"StudyComments": "x"}, "matching on StudyComments is not supported"),
         ("/studies", {"Modality": "CT"}, "Modality is below the STUDY level"),
@@ -297,3 +304,113 @@ def test_ohif_study_list_query(loaded: Loaded) -> None:
     assert labelled(labels, studies) == ["S1", "S2", "S5"]
     assert [value(s, "00081030") for s in studies] == ["CT CHEST", "MR HEAD", "US ABDOMEN"]
     assert [s["00080061"]["Value"] for s in studies] == [["CT"], ["MR"], ["US"]]
+
+
+def test_limit_zero_returns_no_match_and_warns_when_some_exist(loaded: Loaded) -> None:
+    """``limit=0`` is a valid uint (PS3.18 Table 8.3.4-1): zero results; the Warning tells
+    whether anything matched."""
+    server, _ = loaded
+    resp = get(server, "/studies", {"limit": "0"})
+    assert (resp.status_code, resp.content) == (200, b"[]")
+    assert '"There are additional results that can be requested"' in resp.headers["Warning"]
+    resp = get(server, "/studies", {"limit": "0", "PatientID": "NOBODY"})
+    assert (resp.status_code, resp.content) == (200, b"[]") and "Warning" not in resp.headers
+
+
+def test_unsupported_matching_modes_warn(loaded: Loaded) -> None:
+    """emptyvaluematching / multiplevaluematching = true: the search runs without them and
+    says so (PS3.18 8.3.4.5, 8.3.4.6); false changes nothing."""
+    server, labels = loaded
+    resp = get(server, "/studies", {"PatientID": "P1", "emptyvaluematching": "true"})
+    assert set(labelled(labels, resp.json())) == {"S1", "S2"}
+    assert resp.headers["Warning"] == (f'299 {resp.url.split("/")[2]} "The emptyvaluematching parameter is '
+                                       'not supported. Empty Value Matching has not been performed."')
+    both = get(server, "/studies", {"emptyvaluematching": "TRUE", "multiplevaluematching": "true", "limit": "1"})
+    warning = both.headers["Warning"]
+    assert warning.count("299 ") == 3 and "Multiple Value Matching has not been performed" in warning
+    assert "additional results" in warning
+    quiet = get(server, "/studies", {"emptyvaluematching": "false", "multiplevaluematching": "false"})
+    assert len(quiet.json()) == 5 and "Warning" not in quiet.headers
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"PatientName": "jo do"}, {"S1", "S2"}),  # each word starts some component
+    ({"PatientName": "DOE"}, {"S1", "S2", "S5"}),
+    ({"PatientName": "doe^ja"}, {"S5"}),
+    ({"PatientName": "jane doe"}, {"S5"}),  # order of the words does not matter
+    ({"PatientName": "jurg mull"}, {"S3"}),  # accents folded
+    ({"PatientName": "Jürgen"}, {"S3"}),
+    ({"PatientName": "o'br"}, {"S4"}),
+    ({"PatientName": "ohn"}, set()),  # not a component start
+    ({"PatientName": "doe x"}, set()),  # every word must match
+    ({"PatientName": "*ohn*"}, {"S1", "S2"}),  # wildcards: matched as without fuzzymatching
+    ({"ReferringPhysicianName": "ann"}, {"S1"}),
+    ({"ReferringPhysicianName": "jones"}, {"S2"}),
+    ({"PatientID": "P"}, set()),  # not a person name: exact matching
+])
+def test_fuzzy_matching_rule(loaded: Loaded, params: dict[str, str], expected: set[str]) -> None:
+    server, labels = loaded
+    resp = get(server, "/studies", {**params, "fuzzymatching": "true"})
+    assert resp.status_code == 200 and "Warning" not in resp.headers
+    assert set(labelled(labels, resp.json())) == expected
+
+
+def test_percent_encoded_values_are_decoded(loaded: Loaded) -> None:
+    server, labels = loaded
+    base = f"{server.base_url}/dicom-web/studies"
+    raw = {
+        "?PatientName=jo%20do&fuzzymatching=true": {"S1", "S2"},
+        "?PatientName=jo+do&fuzzymatching=true": {"S1", "S2"},  # '+' is a space in a query
+        "?PatientName=M%C3%BCller%5EJ%C3%BCrgen": {"S3"},
+        f"?StudyInstanceUID={labels['S1']}%2C{labels['S4']}": {"S1", "S4"},
+        "?AccessionNumber=B_1%25": {"S3"},  # a literal % after decoding
+        "?ModalitiesInStudy=CT%5CMR": {"S1", "S2", "S3"},  # an encoded backslash list
+        "?%50atientID=P1": {"S1", "S2"},  # an encoded key
+        "?StudyDate=20260101%2D20260110": {"S1", "S5"},
+    }
+    for query, expected in raw.items():
+        resp = requests.get(base + query, timeout=30)
+        assert resp.status_code == 200, (query, resp.text)
+        assert set(labelled(labels, resp.json())) == expected, query
+
+
+def test_dicomweb_client_fuzzy_fields_limit_offset(loaded: Loaded) -> None:
+    server, labels = loaded
+    client = DICOMwebClient(url=f"{server.base_url}/dicom-web")
+    studies = client.search_for_studies(search_filters={"PatientName": "jo do"}, fuzzymatching=True,
+                                        fields=["StudyDescription", "00081030"], limit=1, offset=1)
+    assert labelled(labels, studies) == ["S2"]
+    assert value(studies[0], "00081030") == "MR HEAD"
+    everything = client.search_for_studies(fuzzymatching=True, search_filters={"PatientName": "doe"},
+                                           fields=["all"])
+    assert labelled(labels, everything) == ["S1", "S2", "S5"]
+    assert value(everything[0], "00081030") == "CT CHEST"
+    series = client.search_for_series(search_filters={"PatientName": "mull"}, fuzzymatching=True,
+                                      fields=["BodyPartExamined"], limit=1, offset=1)
+    assert labelled(labels, series, SERIES_UID) == ["S3.PT"]
+    instances = client.search_for_instances(study_instance_uid=labels["S1"], fuzzymatching=True,
+                                            fields=["ImageType"], limit=2, offset=1)
+    assert [value(i, "00200013") for i in instances] == [2, 3]
+    assert client.search_for_studies(search_filters={"PatientName": "ohn"}, fuzzymatching=True) == []
+
+
+def test_public_base_url_in_retrieve_and_bulk_data_uris(settings: Any) -> None:
+    """Behind a reverse proxy the URLs name the public root, not the Host the proxy sent."""
+    srv = ThreadedServer(settings.replace(public_base_url="https://pacs.example.org/dicom-web/")).start()
+    try:
+        datasets, labels = build_datasets()
+        for ds in datasets[:3]:
+            srv.archive.ingest_bytes(to_bytes(ds), source="test")
+        [study] = get(srv, "/studies").json()
+        public = f"https://pacs.example.org/dicom-web/studies/{labels['S1']}"
+        assert value(study, RETRIEVE_URL) == public
+        [series] = get(srv, f"/studies/{labels['S1']}/series").json()
+        assert value(series, RETRIEVE_URL) == f"{public}/series/{labels['S1.CT']}"
+        metadata = get(srv, f"/studies/{labels['S1']}/metadata").json()
+        sop = value(metadata[0], SOP_UID)
+        assert metadata[0]["7FE00010"]["BulkDataURI"] == (
+            f"{public}/series/{labels['S1.CT']}/instances/{sop}/bulk/pixeldata")
+    finally:
+        srv.stop()
+    with pytest.raises(ValueError, match="public_base_url"):
+        settings.replace(public_base_url="pacs.example.org/dicom-web")

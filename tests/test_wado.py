@@ -186,12 +186,13 @@ def test_metadata_accept(loaded: Loaded) -> None:
 
 
 # -- instances -----------------------------------------------------------------------
-def test_retrieve_study_streams_objects_as_stored(loaded: Loaded, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wado, "CHUNK_SIZE", 333)  # many chunks per object
+def test_retrieve_study_sends_stored_files_whole(loaded: Loaded) -> None:
+    """As stored from the folder store: sendfile, with the exact Content-Length."""
     resp = get(loaded, f"/studies/{loaded.study}", Accept=f"{MULTIPART}; transfer-syntax=*")
     assert resp.status_code == 200
     assert resp.headers["Content-Type"].startswith(MULTIPART + "; boundary=")
-    assert resp.headers.get("Transfer-Encoding") == "chunked"
+    assert "Transfer-Encoding" not in resp.headers
+    assert int(resp.headers["Content-Length"]) == len(resp.content)
     parts = split_multipart(resp)
     assert [body for _, body in parts] == list(loaded.originals.values())
     syntaxes = [ctype.split("transfer-syntax=")[1] for ctype, _ in parts]
@@ -221,7 +222,8 @@ def test_dicomweb_client_retrieve_study_series_instance(loaded: Loaded) -> None:
     _same(instance, loaded.originals[sop])
 
 
-def test_transcode_rle_to_explicit_vr_little_endian(loaded: Loaded) -> None:
+def test_transcode_rle_to_explicit_vr_little_endian(loaded: Loaded, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wado, "CHUNK_SIZE", 333)  # many chunks per object
     sop = sops_of(loaded, loaded.sc_series)[0]
     original = dcmread(BytesIO(loaded.originals[sop]))
     ds = loaded.client.retrieve_instance(loaded.study, loaded.sc_series, sop,
@@ -232,6 +234,7 @@ def test_transcode_rle_to_explicit_vr_little_endian(loaded: Loaded) -> None:
     assert ds.PatientID == original.PatientID and ds.Rows == original.Rows
     explicit = f"{MULTIPART}; transfer-syntax={ExplicitVRLittleEndian}"
     resp = get(loaded, f"/studies/{loaded.study}", Accept=explicit)
+    assert resp.headers.get("Transfer-Encoding") == "chunked"  # a transcoded part: length not known ahead
     parts = split_multipart(resp)
     assert [c.split("transfer-syntax=")[1] for c, _ in parts] == [ExplicitVRLittleEndian] * 3
     assert [body for _, body in parts][:2] == list(loaded.originals.values())[:2]  # already ELE: as stored

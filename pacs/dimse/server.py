@@ -8,6 +8,10 @@ transfer syntax pynetdicom knows (uncompressed, deflate, RLE, JPEG family, JPEG-
 JPEG 2000, HTJ2K, MPEG, HEVC); the bytes are stored as received, pixel data never
 decoded. Received data sets are streamed to a file on the blob folder's filesystem, so
 memory stays flat whatever the object size, and storing the object is a rename.
+
+Other packages add SOP classes through the ``pacs.dimse`` entry-point group
+(:func:`plugin_services`): ``worklist/`` serves the Modality Worklist C-FIND and MPPS
+N-CREATE/N-SET that way; the dispatcher picks their handlers by SOP class.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 from pydicom.uid import (
@@ -45,7 +51,7 @@ from .association import Association, AssociationClosed, ProtocolError, supporte
 from .find import handle_find
 from .get import handle_get
 from .move import handle_move
-from .service import Dispatcher
+from .service import Dispatcher, ServiceBinding
 
 if TYPE_CHECKING:
     from ..archive import Archive
@@ -54,6 +60,8 @@ log = logging.getLogger(__name__)
 
 #: Transfer syntaxes of the non-storage services: their data sets are small identifiers.
 UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+#: Entry-point group of SOP classes served by other packages (:func:`plugin_services`).
+DIMSE_ENTRY_POINTS = "pacs.dimse"
 #: Largest identifier or action information accepted in memory.
 MAX_IDENTIFIER_SIZE = 16 << 20
 
@@ -92,7 +100,19 @@ def context_table() -> list[tuple[str, list[str], bool, bool]]:
                   PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet):
         table.append((str(model), UNCOMPRESSED, False, False))
     table.append((str(StorageCommitmentPushModel), list(commitment.TRANSFER_SYNTAXES), True, False))
+    table += [(b.sop_class, list(b.transfer_syntaxes), False, False) for b in plugin_services()]
     return table
+
+
+@lru_cache(maxsize=1)
+def plugin_services() -> tuple[ServiceBinding, ...]:
+    """SOP classes served by installed packages: each ``pacs.dimse`` entry point is a
+    callable returning :class:`ServiceBinding` objects (by entry-point name, so ``pacs/``
+    composes e.g. ``worklist/`` without importing it)."""
+    bindings: list[ServiceBinding] = []
+    for entry in sorted(entry_points(group=DIMSE_ENTRY_POINTS), key=lambda e: e.name):
+        bindings += list(entry.load()())
+    return tuple(bindings)
 
 
 @dataclass(frozen=True)
@@ -142,6 +162,9 @@ class DimseServer:
         dispatcher.register(cmd.C_MOVE_RQ, handle_move)
         dispatcher.register(cmd.C_GET_RQ, handle_get)
         dispatcher.register(cmd.N_ACTION_RQ, lambda request: commitment.handle_n_action(request, self.commitment))
+        for binding in plugin_services():
+            for field, handler in binding.handlers.items():
+                dispatcher.register(field, handler, sop_class=binding.sop_class)
         return dispatcher
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -109,19 +109,37 @@ def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
 Handler = Callable[[DimseRequest], None]
 
 
+@dataclass(frozen=True)
+class ServiceBinding:
+    """A SOP class served by a package outside ``pacs/`` (entry-point group ``pacs.dimse``,
+    e.g. the Modality Worklist and MPPS SCPs of ``worklist/``): its presentation context
+    (SCP role, uncompressed syntaxes by default) and its handler per Command Field."""
+
+    sop_class: str
+    handlers: dict[int, Handler]
+    transfer_syntaxes: tuple[str, ...] = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+
+
 class Dispatcher:
     """Command Field (and SOP class where several services share one) -> handler."""
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
         self._by_field: dict[int, Handler] = {}
+        self._by_sop_class: dict[tuple[int, str], Handler] = {}
 
-    def register(self, field: int, handler: Handler) -> None:
-        self._by_field[field] = handler
+    def register(self, field: int, handler: Handler, sop_class: str | None = None) -> None:
+        """``handler`` for ``field``; with ``sop_class`` only for requests of that SOP class
+        (e.g. the MWL C-FIND), which then take precedence over the field's default."""
+        if sop_class is None:
+            self._by_field[field] = handler
+        else:
+            self._by_sop_class[(field, sop_class)] = handler
 
     def dispatch(self, assoc: Association, message: Message) -> None:
         request = DimseRequest(assoc, message, self.archive)
-        handler = self._by_field.get(message.command.field)
+        field = message.command.field
+        handler = self._by_sop_class.get((field, message.command.sop_class)) or self._by_field.get(field)
         try:
             if handler is None:
                 if message.command.field in RESPONSE_FIELD:

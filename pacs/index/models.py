@@ -168,6 +168,16 @@ class Event(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class EventCursor(Base):
+    """How far a named event consumer has applied the event log (pacs/consumers.py)."""
+
+    __tablename__ = "event_cursor"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
 class EventCounter(Base):
     """One row holding the last event id; taking it serialises appends in commit order."""
 
@@ -240,6 +250,8 @@ class OutboxMessage(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     channel: Mapped[str] = mapped_column(String(64), index=True)
     target_url: Mapped[str] = mapped_column(Text)
+    #: HTTP method: POST, or PUT for FHIR updates (migration 0005).
+    method: Mapped[str] = mapped_column(String(8), default="POST", server_default="POST")
     content_type: Mapped[str] = mapped_column(String(128))
     headers: Mapped[str] = mapped_column(Text, default="{}")
     body: Mapped[bytes] = mapped_column(LargeBinary)

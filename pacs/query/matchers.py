@@ -7,11 +7,13 @@ door has split lists (C-FIND: backslash; QIDO-RS: comma or backslash).
 from __future__ import annotations
 
 import re
+from datetime import date
+from typing import Mapping
 
 from ..errors import InvalidQuery
 from ..index.names import normalise_pn, normalise_time
 from ..uids import lenient_uid
-from .attributes import MATCHABLE, RANGE_VRS, WILDCARD_VRS
+from .attributes import MATCHABLE, RANGE_VRS, WILDCARD_VRS, Attribute
 from .model import Matcher, MatchKind
 
 _DA = re.compile(r"^\d{8}$")
@@ -19,9 +21,26 @@ _TM = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
 
 
 def _check_date(value: str, keyword: str) -> str:
-    if value and not _DA.match(value):
-        raise InvalidQuery(f"{keyword}: dates are YYYYMMDD")
+    """A DA value (PS3.5 Table 6.2-1): YYYYMMDD naming a calendar day."""
+    if value and not (_DA.match(value) and _is_calendar_day(value)):
+        raise InvalidQuery(f"{keyword}: dates are YYYYMMDD (a calendar day)")
     return value
+
+
+def _is_calendar_day(value: str) -> bool:
+    try:
+        date(int(value[:4]), int(value[4:6]), int(value[6:8]))
+    except ValueError:
+        return False
+    return True
+
+
+def _check_time(value: str, keyword: str) -> None:
+    """A TM value (PS3.5 Table 6.2-1): HH[MM[SS[.F{1,6}]]], hours 00-23, minutes 00-59,
+    seconds 00-60 (leap second); the colons of the ACR-NEMA form are tolerated."""
+    text = value.replace(":", "")
+    if not _TM.match(text) or int(text[:2]) > 23 or int(text[2:4] or 0) > 59 or int(text[4:6] or 0) > 60:
+        raise InvalidQuery(f"{keyword}: times are HHMMSS.FFFFFF")
 
 
 def _range(keyword: str, vr: str, value: str) -> Matcher:
@@ -32,17 +51,19 @@ def _range(keyword: str, vr: str, value: str) -> Matcher:
         low, high = _check_date(low, keyword), _check_date(high, keyword)
     elif vr == "TM":
         for part in (low, high):
-            if part and not _TM.match(part.replace(":", "")):
-                raise InvalidQuery(f"{keyword}: times are HHMMSS.FFFFFF")
+            if part:
+                _check_time(part, keyword)
         low, high = normalise_time(low), normalise_time(high, upper=True)
     if low and high and low > high:
         raise InvalidQuery(f"{keyword}: range start after its end")
     return Matcher(keyword, MatchKind.RANGE, (low, high))
 
 
-def make_matcher(keyword: str, values: list[str]) -> Matcher:
-    """The matcher for ``keyword`` given its (already split) values; [] or [''] is universal."""
-    attr = MATCHABLE.get(keyword)
+def make_matcher(keyword: str, values: list[str], attributes: Mapping[str, Attribute] = MATCHABLE) -> Matcher:
+    """The matcher for ``keyword`` given its (already split) values; [] or [''] is universal.
+    ``attributes``: the matchable attributes of the information model (the archive's by
+    default; the Modality Worklist model passes its own, :mod:`worklist.matching`)."""
+    attr = attributes.get(keyword)
     if attr is None:
         raise InvalidQuery(f"matching on {keyword} is not supported")
     values = [v.strip() if attr.vr != "PN" else v.strip(" ") for v in values if v is not None]
@@ -75,8 +96,7 @@ def _single(keyword: str, vr: str, value: str) -> Matcher:
     if vr == "DA":
         _check_date(value, keyword)
     elif vr == "TM":
-        if not _TM.match(value.replace(":", "")):
-            raise InvalidQuery(f"{keyword}: times are HHMMSS.FFFFFF")
+        _check_time(value, keyword)
         # a single time matches the whole period it names (e.g. 10 = 10:00-10:59:59)
         return Matcher(keyword, MatchKind.RANGE, (normalise_time(value), normalise_time(value, upper=True)))
     elif vr == "IS":

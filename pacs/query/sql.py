@@ -10,14 +10,14 @@ accent-insensitive, :mod:`pacs.index.names`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql import ColumnElement, Select
 
 from ..index.models import Instance, Patient, Series, Study
-from .attributes import MATCHABLE
+from .attributes import MATCHABLE, Attribute
 from .model import Level, Matcher, MatchKind, Query
 
 _LEVEL_TABLE = {Level.PATIENT: Patient, Level.STUDY: Study, Level.SERIES: Series, Level.IMAGE: Instance}
@@ -56,8 +56,9 @@ def _fuzzy_pn(column: Any, value: str) -> ColumnElement[bool]:
     return and_(*conditions)
 
 
-def _condition(matcher: Matcher, fuzzy: bool) -> ColumnElement[bool] | None:
-    attr = MATCHABLE[matcher.keyword]
+def _condition(matcher: Matcher, fuzzy: bool, attributes: Mapping[str, Attribute] = MATCHABLE
+               ) -> ColumnElement[bool] | None:
+    attr = attributes[matcher.keyword]
     column = attr.column
     kind, value = matcher.kind, matcher.value
     if kind == MatchKind.UNIVERSAL:
@@ -86,6 +87,12 @@ def _condition(matcher: Matcher, fuzzy: bool) -> ColumnElement[bool] | None:
     if attr.person_name and fuzzy:
         return _fuzzy_pn(column, str(value))
     return column == value
+
+
+def condition(matcher: Matcher, attributes: Mapping[str, Attribute]) -> ColumnElement[bool] | None:
+    """The WHERE condition of one matcher on the columns of another information model's
+    ``attributes`` (e.g. the Modality Worklist, :mod:`worklist.matching`); None if universal."""
+    return _condition(matcher, False, attributes)
 
 
 def _joins(level: Level) -> Select:

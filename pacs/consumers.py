@@ -1,0 +1,95 @@
+"""Event consumers: code that reacts to the event log (a study became stable, an MPPS
+completed) with effects in the index, exactly once across processes and nodes.
+
+A consumer has a name, the event types it wants and ``handle(conn, event)``. Its position
+in the log is a row of ``event_cursor``. :func:`consume` reads the events after the
+cursor, then, in ONE write transaction, moves the cursor with a compare-and-set
+(``UPDATE ... SET last_id = new WHERE name = ? AND last_id = old``) and runs ``handle``
+for each event. Effects and the cursor commit together: a crash loses neither, and of
+several processes that read the same batch only the one whose compare-and-set succeeds
+applies it (the others roll back and read again). Events are read in id order, which is
+commit order (see "A counter row orders the change feed" in docs/architecture.md).
+
+Effects outside the index (HTTP messages) are enqueued in the outbox (:mod:`pacs.outbox`)
+by ``handle``, so they too happen once per event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from .events import ChangeEvent, EventType, read_changes
+from .index.db import Database
+from .index.models import EventCursor
+
+log = logging.getLogger(__name__)
+
+#: Events read per transaction.
+BATCH = 200
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """``handle(conn, event)`` runs in the transaction that moves ``name``'s cursor past
+    ``event``; only events whose type is in ``types`` reach it."""
+
+    name: str
+    types: frozenset[EventType]
+    handle: Callable[[Connection, ChangeEvent], None]
+
+
+def _cursor(db: Database, name: str) -> int:
+    with db.read() as conn:
+        last = conn.execute(select(EventCursor.last_id).where(EventCursor.name == name)).scalar()
+    if last is not None:
+        return int(last)
+    try:
+        with db.write() as conn:
+            conn.execute(insert(EventCursor).values(name=name, last_id=0, updated_at=time.time()))
+    except IntegrityError:  # another process created it first
+        pass
+    return 0
+
+
+def consume(db: Database, consumer: Consumer, batch: int = BATCH) -> int:
+    """Apply the events after ``consumer``'s cursor, one batch; the number of events the
+    cursor moved past (0: nothing new, or another process applied this batch first)."""
+    old = _cursor(db, consumer.name)
+    events = read_changes(db, old, batch)
+    if not events:
+        return 0
+    wanted = {t.value for t in consumer.types}
+    with db.write() as conn:
+        moved = conn.execute(
+            update(EventCursor).where(EventCursor.name == consumer.name, EventCursor.last_id == old)
+            .values(last_id=events[-1].id, updated_at=time.time())
+        ).rowcount
+        if moved != 1:
+            return 0
+        for event in events:
+            if event.type in wanted:
+                consumer.handle(conn, event)
+    return len(events)
+
+
+def consume_all(db: Database, consumers: Iterable[Consumer]) -> int:
+    """Run each consumer until it has caught up; the number of events applied. A consumer
+    whose handler fails is logged and retried at the next call (its cursor did not move)."""
+    total = 0
+    for consumer in consumers:
+        while True:
+            try:
+                applied = consume(db, consumer)
+            except Exception:
+                log.exception("event consumer %s failed; it will retry", consumer.name)
+                break
+            total += applied
+            if applied < BATCH:
+                break
+    return total
