@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
@@ -241,10 +241,11 @@ def _retrieve_url(level: Level, body: dict[str, Any], base: str) -> str | None:
     return base + "".join(f"/{name}/{uid}" for name, uid in zip(names, uids))
 
 
-def shape(level: Level, body: dict[str, Any], tags: list[str] | None, base: str) -> dict[str, Any]:
+def shape(level: Level, body: dict[str, Any], tags: Collection[str] | None, base: str) -> dict[str, Any]:
     """One QIDO-RS result object (PS3.18 F.2): requested tags held by the archive in tag
-    order, bulk data removed, RetrieveURL and InstanceAvailability (ONLINE) added."""
-    wanted = None if tags is None else set(tags)
+    order, bulk data removed, RetrieveURL and InstanceAvailability (ONLINE) added.
+    ``tags``: best a set, built once per request."""
+    wanted = None if tags is None else (tags if isinstance(tags, (set, frozenset)) else set(tags))
     if wanted is None or RETRIEVE_URL in wanted:
         url = _retrieve_url(level, body, base)
         if url:
@@ -255,7 +256,9 @@ def shape(level: Level, body: dict[str, Any], tags: list[str] | None, base: str)
     for tag in sorted(body):
         if wanted is not None and tag not in wanted:
             continue
-        element = _strip_bulk(body[tag])
+        element = body[tag]
+        if element.get("vr") == "SQ" or "BulkDataURI" in element or "InlineBinary" in element:
+            element = _strip_bulk(element)
         if element is not None:
             result[tag] = element
     return result

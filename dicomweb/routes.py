@@ -12,9 +12,9 @@ error middleware of :mod:`pacs.web`. Blocking database work runs in the default 
 
 from __future__ import annotations
 
-import json
 from typing import Any, Awaitable, Callable
 
+import orjson
 from aiohttp import web
 
 from pacs.archive import Archive
@@ -46,8 +46,9 @@ def _answer(archive: Archive, parsed: qido.QidoRequest, base: str) -> tuple[byte
     JSON array and whether more matches exist beyond it."""
     level = parsed.query.level
     matches = list(search(archive.db, parsed.query, parsed.tags))
-    page = [qido.shape(level, m.json, parsed.tags, base) for m in matches[:parsed.page]]
-    return json.dumps(page, ensure_ascii=False).encode("utf-8"), len(matches) > parsed.page
+    wanted = None if parsed.tags is None else frozenset(parsed.tags)
+    page = [qido.shape(level, m.json, wanted, base) for m in matches[:parsed.page]]
+    return orjson.dumps(page), len(matches) > parsed.page  # UTF-8, ~5x json.dumps
 
 
 async def qido_search(request: web.Request, level: Level) -> web.Response:

@@ -2,7 +2,8 @@
 
 ``POST /studies`` and ``POST /studies/{study}`` (PS3.18 Table 10.5.1-1) with a
 ``multipart/related; type="application/dicom"`` body, one Part 10 instance per part
-(PS3.18 10.5.1.4, 8.7.3.1), or a single-part ``application/dicom`` body.
+(PS3.18 10.5.1.4, 8.7.3.1), or a single-part ``application/dicom`` body. Metadata with
+bulk data (``type="application/dicom+json"``) is :mod:`dicomweb.stow_json`.
 
 * **Streamed.** The body is read with aiohttp's ``MultipartReader``; each part goes chunk
   by chunk (``read_chunk``: ``read()`` would collect the whole part and, from aiohttp
@@ -56,8 +57,6 @@ from pacs.web import ARCHIVE, run_blocking
 from . import accept, wado
 
 log = logging.getLogger(__name__)
-from concurrent.futures import ThreadPoolExecutor
-_POOL = ThreadPoolExecutor(16)
 
 #: The ``source`` of instances stored through this door (index column, metrics label).
 SOURCE = "stow"
@@ -76,29 +75,37 @@ PROCESSING_FAILURE = 0x0110
 #: Warning Reason of a different object answered by the one already held (duplicate
 #: policy ``keep``): B000 Coercion of Data Elements (PS3.18 Table I.2-1).
 WARNING_KEPT_HELD_COPY = 0xB000
-SUPPORTED = f'multipart/related; type="{accept.DICOM}" (one Part 10 instance per part) or {accept.DICOM}'
+SUPPORTED = (f'multipart/related; type="{accept.DICOM}" (one Part 10 instance per part), '
+             f'multipart/related; type="{accept.DICOM_JSON}" (metadata and bulk data) or {accept.DICOM}')
 
 
 # -- the request -----------------------------------------------------------------------
+def media_type(content_type: str) -> str:
+    """``type/subtype[+suffix]`` of a Content-Type value, lower case, without parameters
+    (aiohttp's ``parse_mimetype`` keeps the ``+json`` suffix apart)."""
+    mime = parse_mimetype(content_type)
+    return f"{mime.type}/{mime.subtype}" + (f"+{mime.suffix}" if mime.suffix else "")
+
+
 def body_kind(content_type: str | None) -> str:
-    """``"multipart"`` or ``"single"`` for a request Content-Type STOW-RS takes (PS3.18
-    10.5.1.3, 8.7.3.1); :class:`UnsupportedMediaType` (415) for any other,
+    """``"multipart"`` (instances), ``"metadata"`` (metadata and bulk data,
+    :mod:`dicomweb.stow_json`) or ``"single"`` for a request Content-Type STOW-RS takes
+    (PS3.18 10.5.1.3, 8.7.3.1-3); :class:`UnsupportedMediaType` (415) for any other,
     :class:`MalformedRequest` (400) for multipart without a boundary."""
     if not content_type:
         raise UnsupportedMediaType(f"Content-Type missing; send {SUPPORTED}")
-    mime = parse_mimetype(content_type)
-    if (mime.type, mime.subtype) == ("application", "dicom"):
+    kind = media_type(content_type)
+    if kind == accept.DICOM:
         return "single"
-    if (mime.type, mime.subtype) != ("multipart", "related"):
-        raise UnsupportedMediaType(f"{mime.type}/{mime.subtype} is not supported; send {SUPPORTED}")
+    if kind != "multipart/related":
+        raise UnsupportedMediaType(f"{kind[:80]} is not supported; send {SUPPORTED}")
+    mime = parse_mimetype(content_type)
     root = mime.parameters.get("type", accept.DICOM).strip().lower()[:80]
-    if root != accept.DICOM:
-        raise UnsupportedMediaType(
-            f'multipart/related; type="{root}" is not supported (no metadata + bulk data store); '
-            f"send {SUPPORTED}")
+    if root not in (accept.DICOM, accept.DICOM_JSON):
+        raise UnsupportedMediaType(f'multipart/related; type="{root}" is not supported; send {SUPPORTED}')
     if not mime.parameters.get("boundary"):
         raise MalformedRequest("multipart/related without a boundary parameter")
-    return "multipart"
+    return "multipart" if root == accept.DICOM else "metadata"
 
 
 def check_part_type(headers: Any, number: int) -> None:
@@ -107,9 +114,9 @@ def check_part_type(headers: Any, number: int) -> None:
     raw = headers.get(hdrs.CONTENT_TYPE)
     if raw is None:
         return
-    mime = parse_mimetype(raw)
-    if (mime.type, mime.subtype) != ("application", "dicom"):
-        raise UnsupportedMediaType(f"part {number} is {mime.type}/{mime.subtype}, not {accept.DICOM}")
+    kind = media_type(raw)
+    if kind != accept.DICOM:
+        raise UnsupportedMediaType(f"part {number} is {kind[:80]}, not {accept.DICOM}")
 
 
 @dataclass
@@ -340,7 +347,7 @@ async def receive(request: web.Request, kind: str, study: str | None, budget: Bu
                     await run_blocking(spool.discard)
                     raise
                 await window.acquire()
-                future = asyncio.get_running_loop().run_in_executor(_POOL, ingest_part, archive, spool, tail, study)
+                future = asyncio.ensure_future(run_blocking(ingest_part, archive, spool, tail, study))
                 future.add_done_callback(lambda _done: window.release())
                 started.append(future)
     except PacsError as exc:
@@ -415,8 +422,11 @@ def warning_header(received: Received, host: str) -> str:
         texts.append(f"{received.abort.dimse_status:04X} {received.abort.reason}")
     if len(texts) > WARNINGS_SHOWN:
         texts = texts[:WARNINGS_SHOWN] + [f"and {len(texts) - WARNINGS_SHOWN} more failures"]
-    clean = ("".join(c if 32 <= ord(c) < 127 and c not in '"\\' else " " for c in t) for t in texts)
-    return ", ".join(f'299 {host} "{t}"' for t in clean)
+    def clean(text: str) -> str:  # quoted-string content: printable ASCII, no quote or backslash
+        return "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else " " for c in text)
+
+    agent = clean(host).replace(" ", "") or "-"
+    return ", ".join(f'299 {agent} "{clean(t)}"' for t in texts)
 
 
 async def store_instances(request: web.Request) -> web.Response:
@@ -426,14 +436,19 @@ async def store_instances(request: web.Request) -> web.Response:
         raise NotAcceptable(f"the store response is answered as {accept.DICOM_JSON} only")
     study = request.match_info.get("study")
     if study is not None:
-        validate_uid(study, "StudyInstanceUID of the target resource")
+        study = validate_uid(study, "StudyInstanceUID of the target resource")
     kind = body_kind(request.headers.get(hdrs.CONTENT_TYPE))
     settings = request.app[ARCHIVE].settings
     budget = Budget(settings.stow_max_part_bytes, settings.stow_max_request_bytes)
     if request.content_length is not None and request.content_length > budget.request_left:
         raise PayloadTooLarge(f"the request body ({request.content_length} bytes) exceeds the limit "
                               f"of {budget.request_left} bytes (stow_max_request_bytes)")
-    received = await receive(request, kind, study, budget)
+    if kind == "metadata":
+        from .stow_json import receive_metadata  # here: stow_json builds on this module
+
+        received = await receive_metadata(request, study, budget)
+    else:
+        received = await receive(request, kind, study, budget)
     if not received.outcomes:
         raise received.abort or MalformedRequest("the request holds no instance")
     body = json.dumps(response_module(received, wado.base_url(request)), ensure_ascii=False)

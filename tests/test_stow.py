@@ -289,7 +289,6 @@ async def test_duplicates(server: ThreadedServer) -> None:
 # -- refused requests ---------------------------------------------------------------------
 @pytest.mark.parametrize("content_type, reason", [
     ("application/json", "application/json is not supported"),
-    ("multipart/related; type=\"application/dicom+json\"; boundary=x", 'type="application/dicom+json"'),
     ("multipart/related; type=\"application/dicom+xml\"; boundary=x", 'type="application/dicom+xml"'),
     ("multipart/form-data; boundary=x", "multipart/form-data is not supported"),
 ])
@@ -413,3 +412,36 @@ def test_duplicate_policy_keep_answers_202_with_warning_reason(settings: Setting
         assert stored_blobs(srv) == {ds.SOPInstanceUID: to_bytes(ds)}  # the first copy is kept
     finally:
         srv.stop()
+
+
+def test_client_gone_mid_part_leaves_no_spool_and_server_serves_on(server: ThreadedServer) -> None:
+    import socket
+    import time
+
+    [ds] = study_of(1, rows=1024)  # 2 MiB: spooled to a file before the part ends
+    data = body(to_bytes(ds))
+    head = (f"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
+            f"Content-Type: {MULTIPART}; boundary={BOUNDARY}\r\n\r\n").encode()
+
+    def wait_until(condition: Any) -> None:
+        deadline = time.monotonic() + 30
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling the server's incoming folder
+        assert condition()
+
+    with socket.create_connection(("127.0.0.1", server.http_port)) as sock:
+        sock.sendall(head + data[: len(data) * 3 // 4])
+        wait_until(lambda: incoming_files(server) != [])  # the server is mid-part
+    wait_until(lambda: incoming_files(server) == [])  # and removes the spool when the client leaves
+    assert instance_count(server) == 0
+    resp = requests.post(f"{server.base_url}/dicom-web/studies", data=data, timeout=30,
+                         headers={"Content-Type": f"{MULTIPART}; boundary={BOUNDARY}"})
+    assert resp.status_code == 200 and instance_count(server) == 1
+
+
+async def test_part_of_dicom_json_type_among_instances_415(server: ThreadedServer) -> None:
+    [ds] = study_of(1)
+    status, _, answer = await post(server, "/studies", body(to_bytes(ds), part_type="application/dicom+json"))
+    assert status == 415 and answer == {"error": "part 1 is application/dicom+json, not application/dicom"}
+    status, _, answer = await post(server, "/studies", to_bytes(ds), "application/dicom+xml")
+    assert status == 415 and "application/dicom+xml is not supported" in answer["error"]
