@@ -162,8 +162,20 @@ def test_raise_priority_only_up(archive: Archive) -> None:
     with archive.db.write() as conn:
         assert reading.raise_priority(conn, study, 1, "AI: chest-xray-triage 1.2: pneumothorax")
         assert not reading.raise_priority(conn, study, 2, "lower")
+        assert not reading.raise_priority(conn, "1.2.3.999", 1, "not held")
     item = reading.get_item(archive.db, study)
     assert (item["priority_label"], item["priority_reason"]) == ("STAT", "AI: chest-xray-triage 1.2: pneumothorax")
+
+
+def test_critical_finding_lists_a_study_before_it_is_stable(archive: Archive) -> None:
+    study = _study(archive, modality="CR")
+    with archive.db.write() as conn:
+        assert reading.raise_priority(conn, study, 1, "AI: cxr 3: pneumothorax")
+    item = reading.get_item(archive.db, study)
+    assert (item["state"], item["priority_label"], item["entered_by"], item["modalities"]) == \
+        ("unread", "STAT", "priority", ["CR"])
+    _stable_and_consume(archive)  # stability later refreshes it and keeps the priority
+    assert reading.get_item(archive.db, study)["priority_reason"] == "AI: cxr 3: pneumothorax"
 
 
 async def test_rest_api(server: ThreadedServer) -> None:

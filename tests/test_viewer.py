@@ -337,6 +337,14 @@ def test_opening_a_study_draws_its_image(hosted: ThreadedServer, page: tuple[Any
     low, high = image.getextrema()
     assert high - low > 100, (low, high)
     assert len(set(image.getdata())) > 32
-    frames = [path for status, path, _ in traffic.dicomweb if "/frames/" in path and status == 200]
-    assert any(f"/instances/{sop}/frames/" in path for path in frames), traffic.dicomweb
+    def fetched() -> bool:
+        return any(f"/instances/{sop}/frames/" in path and status == 200 for status, path, _ in traffic.dicomweb)
+
+    # Playwright hands response events to Python only inside its own calls, so the one
+    # that fed the canvas can arrive after the canvas shows the image: poll, bounded.
+    for _ in range(200):
+        if fetched():
+            break
+        tab.wait_for_timeout(50)
+    assert fetched(), traffic.dicomweb
     assert not traffic.unserved(), traffic.unserved()

@@ -45,26 +45,36 @@ def _order_priority(conn: Connection, study_uid: str) -> tuple[int, str]:
     return ORDER_PRIORITY_RANK.get(priority.upper(), 3), f"order: {priority.upper()}"
 
 
+def _study_facts(conn: Connection, study_uid: str) -> dict[str, Any] | None:
+    """What the list shows of a held study, from the index (None when not held)."""
+    row = conn.execute(
+        select(Study.accession_number, Study.study_date, Study.study_description,
+               Study.modalities, Study.num_instances, Patient.patient_id, Patient.patient_name)
+        .join(Patient, Patient.id == Study.patient_fk).where(Study.study_uid == study_uid)
+    ).first()
+    if row is None:
+        return None
+    return dict(patient_id=row.patient_id, patient_name=row.patient_name, accession_number=row.accession_number,
+                study_date=row.study_date, study_description=row.study_description, modalities=row.modalities,
+                num_instances=row.num_instances, updated_at=time.time())
+
+
+def _insert_item(conn: Connection, study_uid: str, facts: dict[str, Any], entered_by: str,
+                 priority: tuple[int, str] | None = None) -> None:
+    rank, reason = priority or _order_priority(conn, study_uid)
+    conn.execute(insert(ReadingItem).values(study_uid=study_uid, state="unread", priority=rank,
+                                            priority_reason=reason, assigned_to="", entered_by=entered_by,
+                                            entered_at=time.time(), **facts))
+
+
 def enter_study(conn: Connection, event: ChangeEvent) -> None:
     """Put the event's study on the worklist, or refresh it (see module doc)."""
-    row = conn.execute(
-        select(Study.study_uid, Study.accession_number, Study.study_date, Study.study_description,
-               Study.modalities, Study.num_instances, Patient.patient_id, Patient.patient_name)
-        .join(Patient, Patient.id == Study.patient_fk).where(Study.study_uid == event.study_uid)
-    ).first()
-    if row is None:  # deleted meanwhile
+    facts = _study_facts(conn, event.study_uid)
+    if facts is None:  # deleted meanwhile
         return
-    now = time.time()
-    facts = dict(patient_id=row.patient_id, patient_name=row.patient_name, accession_number=row.accession_number,
-                 study_date=row.study_date, study_description=row.study_description, modalities=row.modalities,
-                 num_instances=row.num_instances, updated_at=now)
     updated = conn.execute(update(ReadingItem).where(ReadingItem.study_uid == event.study_uid).values(**facts))
-    if updated.rowcount:
-        return
-    priority, reason = _order_priority(conn, event.study_uid)
-    conn.execute(insert(ReadingItem).values(study_uid=event.study_uid, state="unread", priority=priority,
-                                            priority_reason=reason, assigned_to="", entered_by=event.type,
-                                            entered_at=now, **facts))
+    if not updated.rowcount:
+        _insert_item(conn, event.study_uid, facts, event.type)
 
 
 CONSUMER = Consumer("reading-worklist", frozenset({EventType.STUDY_STABLE, EventType.MPPS_COMPLETED}), enter_study)
@@ -184,9 +194,17 @@ def release(db: Database, study_uid: str, radiologist: str) -> dict[str, Any]:
 
 def raise_priority(conn: Connection, study_uid: str, rank: int, reason: str) -> bool:
     """Move a study up to ``rank`` (never down) with ``reason``, e.g. an AI's critical
-    finding; in the caller's transaction. False when the study is not on the list or
-    already at that rank or higher."""
-    return conn.execute(
+    finding; in the caller's transaction. A held study not on the list yet (not stable)
+    enters it at once with that priority: a critical finding must not wait for the quiet
+    period. False when the study is not held or already at that rank or higher."""
+    moved = conn.execute(
         update(ReadingItem).where(ReadingItem.study_uid == study_uid, ReadingItem.priority > rank)
         .values(priority=rank, priority_reason=reason[:256], updated_at=time.time())
     ).rowcount == 1
+    if moved or conn.execute(select(ReadingItem.id).where(ReadingItem.study_uid == study_uid)).first():
+        return moved
+    facts = _study_facts(conn, study_uid)
+    if facts is None:
+        return False
+    _insert_item(conn, study_uid, facts, "priority", (rank, reason[:256]))
+    return True
