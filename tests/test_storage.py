@@ -315,6 +315,18 @@ def test_folder_refuses_symlink_escape_and_reserved_folder(folder, tmp_path):
         folder.put_bytes(".tmp/x.part", b"evil")
 
 
+def test_folder_refuses_symlinked_object(folder, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"not an object")
+    folder.put_bytes("studies/1/a.dcm", b"ok")  # the folder is known (checked) now
+    (folder.root / "studies/1/b.dcm").symlink_to(secret)
+    with pytest.raises(ValueError):
+        folder.open("studies/1/b.dcm")
+    with pytest.raises(ValueError):
+        folder.read_range("studies/1/b.dcm", 0, 3)
+    assert folder.open("studies/1/a.dcm").read() == b"ok"
+
+
 def test_folder_put_file_moves_source(folder, tmp_path):
     data = _payload(50_000, seed=5)
     incoming = folder.temp_dir / "incoming-1.part"

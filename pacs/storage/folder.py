@@ -62,6 +62,10 @@ def _link_if_absent(src: str, dest: Path) -> None:
         pass
 
 
+#: Checked folders remembered per store before the set starts again.
+MAX_CHECKED_DIRS = 65536
+
+
 class FolderStore:
     """:class:`~pacs.storage.base.BlobStore` on a directory tree."""
 
@@ -76,6 +80,9 @@ class FolderStore:
         except OSError as exc:
             raise StorageUnavailable(_reason("creation", exc)) from exc
         self._root_str = str(self._root)
+        #: Folders whose real path was checked to lie inside the root (they are created
+        #: by the store, never replaced by it).
+        self._checked_dirs: set[str] = set()
 
     def __repr__(self) -> str:
         return f"FolderStore({self._root_str!r})"
@@ -101,8 +108,15 @@ class FolderStore:
         if key.split("/", 1)[0] == TEMP_DIR_NAME:
             raise ValueError("blob key uses the reserved temporary folder")
         path = self._root / key
-        real = os.path.realpath(path)
-        if not real.startswith(self._root_str + os.sep):
+        parent = os.path.dirname(os.fspath(path))
+        if parent not in self._checked_dirs:  # realpath costs an lstat per component
+            real = os.path.realpath(parent)
+            if real != self._root_str and not real.startswith(self._root_str + os.sep):
+                raise ValueError("blob key resolves outside the store")
+            if len(self._checked_dirs) >= MAX_CHECKED_DIRS:
+                self._checked_dirs.clear()
+            self._checked_dirs.add(parent)
+        if os.path.islink(path):  # the object itself must be a file inside the store too
             raise ValueError("blob key resolves outside the store")
         return path
 
