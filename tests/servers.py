@@ -54,7 +54,7 @@ class ThreadedServer:
         archive = self.archive or Archive(self.settings)
         self.archive = archive
         app = build_application(archive, dimse_port=0, dimse_tls_port=0 if self.settings.dimse_tls_port else None)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.shutdown_timeout)
+        self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         from pacs.tls import http_context  # HTTPS when the settings ask for it
 
