@@ -6,6 +6,7 @@ Readiness is polled (the start coroutine finishing, or /healthz answering), neve
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import signal
 import socket
@@ -68,7 +69,11 @@ class ThreadedServer:
 
     def stop(self) -> None:
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(60)
+            try:
+                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(60)
+            except TimeoutError:  # say where every thread is, for the failure report
+                faulthandler.dump_traceback(all_threads=True)
+                raise
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(30)
 
