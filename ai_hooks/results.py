@@ -22,15 +22,14 @@ import json
 import time
 from typing import Any
 
-from pydicom import dcmwrite
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from sqlalchemy import Connection, insert, select, update
 
 from pacs.archive import Archive
 from pacs.errors import InvalidQuery, NotFound
 from pacs.index.db import Database
 from pacs.index.models import Instance, Patient, Series, Study
+from pacs.retrieve import header_dataset
 from worklist.reading import raise_priority
 
 from . import fhir
@@ -64,11 +63,7 @@ def _evidence(conn: Connection, findings: Findings, images: dict[str, dict[str, 
         .where(Study.study_uid == findings.study_uid).order_by(Instance.id).limit(1)).first()
     if first is None:
         raise NotFound(f"study {findings.study_uid} is not held")
-    head = Dataset.from_json(first.dicom_json, bulk_data_uri_handler=lambda *_: b"")
-    for keyword in ("StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDate", "StudyTime"):
-        if keyword not in head:
-            setattr(head, keyword, "")
-    evidence = [head]
+    evidence = [header_dataset(first.dicom_json)]
     for uid, image in images.items():
         if uid == first.sop_instance_uid:
             continue
@@ -77,12 +72,6 @@ def _evidence(conn: Connection, findings: Findings, images: dict[str, dict[str, 
         ds.SeriesInstanceUID, ds.StudyInstanceUID = image["series_uid"], findings.study_uid
         evidence.append(ds)
     return evidence, first.patient_id
-
-
-def _part10(ds: Dataset) -> bytes:
-    buffer = DicomBytesIO()
-    dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def submit(archive: Archive, findings: Findings) -> dict[str, Any]:
@@ -95,7 +84,7 @@ def submit(archive: Archive, findings: Findings) -> dict[str, Any]:
                 raise InvalidQuery(f"frame {f.location.frame} beyond the frames of {f.location.sop_instance_uid}")
         evidence, patient_id = _evidence(conn, findings, images)
     sr = build_findings_sr(evidence, findings, images)
-    archive.ingest_bytes(_part10(sr), source="ai")
+    archive.ingest_dataset(sr, source="ai")
     now = time.time()
     critical = findings.critical
     with archive.db.write() as conn:

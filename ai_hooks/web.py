@@ -25,7 +25,7 @@ from aiohttp import web
 
 from pacs import outbox
 from pacs.archive import Archive
-from pacs.errors import Conflict, InvalidQuery, NotFound
+from pacs.errors import InvalidQuery
 from pacs.web import ARCHIVE, MAX_CHANGES, _int_param, run_blocking
 
 from . import findings as findings_doc
@@ -100,12 +100,8 @@ async def list_deliveries(request: web.Request) -> web.Response:
 
 
 def _redeliver(db: Any, message_id: int) -> None:
-    known = outbox.list_messages(db, since=message_id - 1, limit=1)
-    if not known or known[0]["id"] != message_id or not known[0]["channel"].startswith(
-            (subscriptions.WEBHOOK_CHANNEL, subscriptions.PUSH_CHANNEL)):
-        raise NotFound(f"no AI delivery {message_id}")
-    if not outbox.redeliver(db, message_id):
-        raise Conflict(f"delivery {message_id} is still pending")
+    """Redeliver an AI delivery (404 for messages of other channels)."""
+    outbox.redeliver(db, message_id, channels=(subscriptions.WEBHOOK_CHANNEL, subscriptions.PUSH_CHANNEL))
 
 
 async def redeliver(request: web.Request) -> web.Response:

@@ -30,7 +30,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -40,6 +39,7 @@ from pynetdicom import AE  # noqa: E402
 from pynetdicom.sop_class import CTImageStorage  # noqa: E402
 
 from sample_data import generate_ct_series  # noqa: E402
+from bench.ingest_servers import postgres_schema  # noqa: E402
 from tests.servers import ProcessServer  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef"
@@ -127,18 +127,8 @@ def scratch_schema(url: str) -> Iterator[str]:
     if not url.startswith("postgresql"):
         yield url
         return
-    from sqlalchemy import create_engine, text
-
-    schema = f"bench_ai_{uuid.uuid4().hex[:10]}"
-    admin = create_engine("postgresql+psycopg://" + url.split("://", 1)[1], isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{url}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema(url) as scoped:
+        yield scoped
 
 
 def summary(values: list[float]) -> dict[str, float]:

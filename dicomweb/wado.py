@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import stat
 import uuid
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterable
@@ -202,7 +203,7 @@ def _part_head(boundary: str, syntax: str) -> bytes:
 def _is_file(stream: BinaryIO | None) -> bool:
     """Whether ``stream`` is a regular file the kernel can send from (a folder store)."""
     try:
-        return stream is not None and os.path.isfile(f"/proc/self/fd/{stream.fileno()}")
+        return stream is not None and stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
     except (AttributeError, OSError, ValueError):
         return False
 

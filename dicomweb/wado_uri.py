@@ -88,8 +88,9 @@ def image_options(query: Mapping[str, str], media_type: str) -> render.RenderOpt
     return render.RenderOptions(media_type, _window(query), viewport, quality)
 
 
-def wado_uri_job(archive: Any, query: Mapping[str, str]) -> tuple[str, bytes]:
-    """Validate, locate and produce the answer (blocking): (Content-Type, body)."""
+def wado_uri_job(archive: Any, query: Mapping[str, str]) -> tuple[str, bytes | wado.PartSource]:
+    """Validate, locate and produce the answer (blocking): (Content-Type, body), the body
+    an image's bytes or the object to stream."""
     if query.get("requestType") != "WADO":
         raise InvalidQuery("requestType must be WADO (PS3.18 9.1.2.1.1)")
     uids = [_required(query, name) for name in ("studyUID", "seriesUID", "objectUID")]
@@ -102,25 +103,38 @@ def wado_uri_job(archive: Any, query: Mapping[str, str]) -> tuple[str, bytes]:
     return media_type, render.render(archive, source, number, image_options(query, media_type))
 
 
-def _part10(archive: Any, source: frames.PixelSource, syntax: str) -> tuple[str, bytes]:
+def _part10(archive: Any, source: frames.PixelSource, syntax: str) -> tuple[str, wado.PartSource]:
     """The object as ``application/dicom`` in ``syntax`` (PS3.18 9.1.2.1.7): as stored
     when it is the stored one or ``*``, else transcoded when possible; 406 otherwise."""
     item = RetrieveItem("", source.sop_instance_uid, source.transfer_syntax_uid, source.blob_key, 0)
     chosen = accept.negotiate(source.transfer_syntax_uid, [syntax or accept.DEFAULT_SYNTAX])
     if chosen is None:
         raise NotAcceptable(f"object stored as {source.transfer_syntax_uid} cannot be sent as {syntax}")
-    part = wado.open_part(archive, item, chosen)
-    try:
-        body = part.stream.read() if part.stream is not None else part.data
-    finally:
-        part.close()
-    return f"{DICOM}; transfer-syntax={chosen}", body
+    return f"{DICOM}; transfer-syntax={chosen}", wado.open_part(archive, item, chosen)
 
 
 async def retrieve(request: web.Request) -> web.Response:
     """GET ``/wado`` (PS3.18 9): 200 with the object or image; 400, 404, 406."""
     content_type, body = await run_blocking(wado_uri_job, request.app[ARCHIVE], dict(request.query))
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    if isinstance(body, bytes):
+        return web.Response(body=body, headers={"Content-Type": content_type})
+    return await _stream(request, content_type, body)
+
+
+async def _stream(request: web.Request, content_type: str, part: wado.PartSource) -> web.StreamResponse:
+    """The object chunk by chunk from the store (one chunk in memory), or its transcoded
+    bytes."""
+    try:
+        resp = web.StreamResponse(headers={"Content-Type": content_type})
+        await resp.prepare(request)
+        if part.stream is None:
+            await resp.write(part.data)
+        while part.stream is not None and (chunk := await run_blocking(part.stream.read, wado.CHUNK_SIZE)):
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+    finally:
+        await run_blocking(part.close)
 
 
 def setup_root(app: web.Application) -> None:

@@ -17,7 +17,7 @@ from .events import ChangeEvent, read_changes, sweep_stable
 from .index.db import Database
 from .index.writer import SeriesCache
 from .index.migrate import upgrade
-from .ingest import IngestResult, ingest_bytes, ingest_file, sweep_orphans
+from .ingest import IngestResult, ingest_bytes, ingest_dataset, ingest_file, sweep_orphans
 from .settings import Settings
 from .storage import BlobStore, FolderStore, open_blob_store
 
@@ -64,6 +64,10 @@ class Archive:
     def ingest_bytes(self, data: bytes, **kwargs) -> IngestResult:  # type: ignore[no-untyped-def]
         """Ingest a Part 10 object held in memory."""
         return ingest_bytes(self, data, **kwargs)
+
+    def ingest_dataset(self, ds, *, source: str) -> IngestResult:  # type: ignore[no-untyped-def]
+        """Ingest a data set the archive made (see :func:`pacs.ingest.ingest_dataset`)."""
+        return ingest_dataset(self, ds, source=source)
 
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None):  # type: ignore[no-untyped-def]
         """Delete a study, a series or an instance (see :mod:`pacs.delete`)."""

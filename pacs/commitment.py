@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import insert, select
 
+from .index import leases
 from .index.db import Database
 from .index.models import CommitmentRequest, Instance
 
@@ -79,44 +80,15 @@ def record_request(
 
 
 def claim_due(db: Database, now: float, lease_seconds: float, limit: int = 20) -> list[ClaimedRequest]:
-    """Claim up to ``limit`` due pending rows for ``lease_seconds``.
-
-    Each claim is ``UPDATE .. SET attempts = attempts + 1, next_attempt_at = now + lease
-    WHERE id = ? AND status = 'pending' AND attempts = <seen>``: of several processes that
-    saw the same row, exactly one updates it. A process that dies holding a claim leaves
-    the row due again when the lease ends.
-    """
-    with db.read() as conn:
-        rows = conn.execute(
-            select(CommitmentRequest.id, CommitmentRequest.attempts)
-            .where(CommitmentRequest.status == PENDING, CommitmentRequest.next_attempt_at <= now)
-            .order_by(CommitmentRequest.next_attempt_at, CommitmentRequest.id)
-            .limit(limit)
-        ).all()
-    claimed = []
-    for row_id, attempts in rows:
-        with db.write() as conn:
-            won = conn.execute(
-                update(CommitmentRequest)
-                .where(and_(CommitmentRequest.id == row_id, CommitmentRequest.status == PENDING,
-                            CommitmentRequest.attempts == attempts))
-                .values(attempts=attempts + 1, next_attempt_at=now + lease_seconds)
-            ).rowcount
-            if won != 1:
-                continue
-            row = conn.execute(select(CommitmentRequest).where(CommitmentRequest.id == row_id)).one()
-        items = [(str(c), str(i)) for c, i in json.loads(row.items)]
-        claimed.append(ClaimedRequest(row.id, row.transaction_uid, row.calling_ae, items, row.attempts))
-    return claimed
+    """Claim up to ``limit`` due pending requests for ``lease_seconds`` (pacs/index/leases.py)."""
+    return [ClaimedRequest(row.id, row.transaction_uid, row.calling_ae,
+                           [(str(c), str(i)) for c, i in json.loads(row.items)], row.attempts)
+            for row in leases.claim_due(db, CommitmentRequest, now, lease_seconds, limit)]
 
 
 def next_due(db: Database) -> float | None:
     """Epoch time of the earliest pending attempt, or None when nothing is pending."""
-    with db.read() as conn:
-        value = conn.execute(
-            select(func.min(CommitmentRequest.next_attempt_at)).where(CommitmentRequest.status == PENDING)
-        ).scalar()
-    return None if value is None else float(value)
+    return leases.next_due(db, CommitmentRequest)
 
 
 def evaluate(db: Database, items: Iterable[tuple[str, str]]) -> CommitmentResult:
@@ -131,7 +103,7 @@ def evaluate(db: Database, items: Iterable[tuple[str, str]]) -> CommitmentResult
             held.update(conn.execute(
                 select(Instance.sop_instance_uid, Instance.sop_class_uid)
                 .where(Instance.sop_instance_uid.in_(chunk))
-            ).tuples().all())
+            ).all())
     result = CommitmentResult()
     for sop_class, sop in items:
         if sop not in held:
@@ -144,14 +116,7 @@ def evaluate(db: Database, items: Iterable[tuple[str, str]]) -> CommitmentResult
 
 
 def _settle(db: Database, row_id: int, attempts: int, **values: object) -> bool:
-    """Update a row we claimed, only if it is still ours (same attempt count, pending)."""
-    with db.write() as conn:
-        return conn.execute(
-            update(CommitmentRequest)
-            .where(and_(CommitmentRequest.id == row_id, CommitmentRequest.status == PENDING,
-                        CommitmentRequest.attempts == attempts))
-            .values(**values)
-        ).rowcount == 1
+    return leases.settle(db, CommitmentRequest, row_id, attempts, **values)
 
 
 def mark_sent(db: Database, request: ClaimedRequest) -> bool:

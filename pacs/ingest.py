@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydicom import dcmwrite
+from pydicom.dataset import Dataset
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -179,6 +181,19 @@ def ingest_bytes(archive: Archive, data: bytes, *, source: str, calling_ae: str 
     with os.fdopen(fd, "wb") as fp:
         fp.write(data)
     return ingest_file(archive, path, source=source, calling_ae=calling_ae, consume=True)
+
+
+def ingest_dataset(archive: Archive, ds: Dataset, *, source: str) -> IngestResult:
+    """Ingest a data set the archive made itself (a report's or an AI engine's SR): written
+    as Part 10 straight into a spool file, then the one ingest path."""
+    fd, path = tempfile.mkstemp(suffix=".dcm", dir=archive.incoming_dir)
+    try:
+        with os.fdopen(fd, "wb") as fp:
+            dcmwrite(fp, ds, enforce_file_format=True)
+    except BaseException:
+        _unlink_quietly(path)
+        raise
+    return ingest_file(archive, path, source=source, consume=True)
 
 
 def _result(parsed: ParsedInstance, status: str, size: int, warning: str = "") -> IngestResult:

@@ -24,10 +24,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
+from .errors import Conflict, NotFound
+from .index import leases
 from .index.db import Database
 from .index.models import OutboxMessage
 
@@ -91,38 +93,14 @@ def claim_due(db: Database, now: float, lease_seconds: float, limit: int = 20,
     """Claim up to ``limit`` due pending messages for ``lease_seconds`` (see module doc).
     Channels starting with one of ``ordered`` are delivered one message at a time, oldest
     first (:func:`_fifo`)."""
-    stmt = (select(OutboxMessage.id, OutboxMessage.attempts)
-            .where(OutboxMessage.status == PENDING, OutboxMessage.next_attempt_at <= now))
-    if ordered:
-        stmt = stmt.where(_fifo(ordered))
-    with db.read() as conn:
-        rows = conn.execute(stmt.order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit)).all()
-    claimed = []
-    for row_id, attempts in rows:
-        with db.write() as conn:
-            won = conn.execute(
-                update(OutboxMessage)
-                .where(and_(OutboxMessage.id == row_id, OutboxMessage.status == PENDING,
-                            OutboxMessage.attempts == attempts))
-                .values(attempts=attempts + 1, next_attempt_at=now + lease_seconds)
-            ).rowcount
-            if won != 1:
-                continue
-            row = conn.execute(select(OutboxMessage).where(OutboxMessage.id == row_id)).one()
-        claimed.append(Message(row.id, row.channel, row.target_url, row.method, row.content_type,
-                               json.loads(row.headers), bytes(row.body), row.idempotency_key, row.attempts))
-    return claimed
+    rows = leases.claim_due(db, OutboxMessage, now, lease_seconds, limit, [_fifo(ordered)] if ordered else [])
+    return [Message(row.id, row.channel, row.target_url, row.method, row.content_type,
+                    json.loads(row.headers), bytes(row.body), row.idempotency_key, row.attempts) for row in rows]
 
 
 def _settle(db: Database, message: Message, **values: Any) -> bool:
-    """Update a message we claimed, only if it is still ours (same attempt count, pending)."""
-    with db.write() as conn:
-        return conn.execute(
-            update(OutboxMessage)
-            .where(and_(OutboxMessage.id == message.id, OutboxMessage.status == PENDING,
-                        OutboxMessage.attempts == message.attempts))
-            .values(**values)
-        ).rowcount == 1
+    """Update a message we claimed, only if it is still ours (pacs/index/leases.py)."""
+    return leases.settle(db, OutboxMessage, message.id, message.attempts, **values)
 
 
 def mark_delivered(db: Database, message: Message, http_status: int, now: float | None = None) -> bool:
@@ -150,13 +128,20 @@ def mark_failed(db: Database, message: Message, error: str, *, max_attempts: int
     return PENDING if done else ""
 
 
-def redeliver(db: Database, message_id: int, now: float | None = None) -> bool:
-    """A dead (or delivered) message goes back to pending with its attempts reset."""
+def redeliver(db: Database, message_id: int, *, channels: tuple[str, ...] = ("",),
+              now: float | None = None) -> None:
+    """A dead (or delivered) message goes back to pending with its attempts reset.
+    :class:`~pacs.errors.NotFound` when there is no such message on a channel starting
+    with one of ``channels``, :class:`~pacs.errors.Conflict` while it is still pending."""
     with db.write() as conn:
-        return conn.execute(
-            update(OutboxMessage).where(and_(OutboxMessage.id == message_id, OutboxMessage.status != PENDING))
-            .values(status=PENDING, attempts=0, next_attempt_at=time.time() if now is None else now)
-        ).rowcount == 1
+        row = conn.execute(select(OutboxMessage.channel, OutboxMessage.status)
+                           .where(OutboxMessage.id == message_id)).first()
+        if row is None or not row.channel.startswith(channels):
+            raise NotFound(f"no outbox message {message_id}")
+        if row.status == PENDING:
+            raise Conflict(f"message {message_id} is still pending")
+        conn.execute(update(OutboxMessage).where(OutboxMessage.id == message_id)
+                     .values(status=PENDING, attempts=0, next_attempt_at=time.time() if now is None else now))
 
 
 def list_messages(db: Database, *, channel: str | None = None, status: str | None = None,
@@ -177,8 +162,4 @@ def list_messages(db: Database, *, channel: str | None = None, status: str | Non
 
 def next_due(db: Database) -> float | None:
     """Epoch time of the earliest pending attempt, or None when nothing is pending."""
-    with db.read() as conn:
-        value = conn.execute(
-            select(func.min(OutboxMessage.next_attempt_at)).where(OutboxMessage.status == PENDING)
-        ).scalar()
-    return None if value is None else float(value)
+    return leases.next_due(db, OutboxMessage)

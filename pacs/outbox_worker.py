@@ -96,8 +96,9 @@ class OutboxSender:
             if transport is not None:
                 status = await transport(message)
             else:
+                headers = await asyncio.to_thread(self._headers, message)  # signers may read the index
                 async with session.request(message.method, message.target_url, data=message.body,
-                                           headers=self._headers(message)) as resp:
+                                           headers=headers) as resp:
                     await resp.read()
                     status = resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:

@@ -79,6 +79,22 @@ class RetrieveItem:
     size: int
 
 
+#: Type 2 study attributes an SR copies from its first evidence (PS3.3 C.7.2.1): present,
+#: empty when the archive holds no value.
+_STUDY_TYPE2 = ("StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDate", "StudyTime")
+
+
+def header_dataset(dicom_json: str) -> Dataset:
+    """An instance's stored DICOM JSON as a Dataset without bulk data, with every Type 2
+    study attribute present: what the archive's own SRs (reports, AI findings) take their
+    patient and study modules from."""
+    ds = Dataset.from_json(dicom_json, bulk_data_uri_handler=lambda *_: b"")
+    for keyword in _STUDY_TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
 # -- the identifier ---------------------------------------------------------------------
 def _values(identifier: Dataset, keyword: str) -> list[str] | None:
     """The values of ``keyword`` (None when absent)."""

@@ -12,26 +12,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from pacs.server import DIMSE, build_application
 
-from .servers import ThreadedServer
-
-
-class PortServer(ThreadedServer):
-    """ThreadedServer bound to ``settings.http_port`` (the notifications' URLs need it)."""
-
-    async def _start(self) -> None:
-        from pacs.archive import Archive
-
-        archive = self.archive or Archive(self.settings)
-        self.archive = archive
-        app = build_application(archive, dimse_port=0)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.http_port)
-        await site.start()
-        self.http_port = self.settings.http_port
-        self.dimse_port = app[DIMSE].port
 
 
 class Receiver:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -28,12 +29,9 @@ def _pg_admin_url() -> str:
     return "postgresql+psycopg://" + POSTGRES_URL.split("://", 1)[1]
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty index database URL for one test."""
-    if TEST_DB == "sqlite":
-        yield f"sqlite:///{tmp_path / 'index.sqlite'}"
-        return
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A URL of the test PostgreSQL database confined to a new schema, dropped on exit."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -44,6 +42,16 @@ def database_url(tmp_path: Path) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty index database URL for one test."""
+    if TEST_DB == "sqlite":
+        yield f"sqlite:///{tmp_path / 'index.sqlite'}"
+        return
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ class ThreadedServer:
         app = build_application(archive, dimse_port=0)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, 0)
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.http_port)  # 0: any free port
         await site.start()
         self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.dimse_port = app[DIMSE].port
@@ -71,8 +71,10 @@ class ThreadedServer:
         if self._runner is not None:
             try:
                 asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(60)
-            except TimeoutError:  # say where every thread is, for the failure report
+            except TimeoutError:  # say where every thread and task is, for the failure report
                 faulthandler.dump_traceback(all_threads=True)
+                for task in asyncio.all_tasks(self._loop):
+                    task.print_stack(file=sys.stderr)
                 raise
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(30)

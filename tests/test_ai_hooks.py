@@ -17,7 +17,8 @@ from pacs import aes
 from pacs.settings import Settings
 from sample_data import generate_ct_series
 
-from .ai_support import PortServer, Receiver, until
+from .ai_support import Receiver, until
+from .servers import ThreadedServer
 from .dcmtk import needs_dcmtk
 from .retrieve_peers import DcmtkStoreSCP, to_bytes
 from .servers import free_port
@@ -33,13 +34,13 @@ def ai_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def ai_server(ai_settings: Settings) -> Iterator[PortServer]:
-    srv = PortServer(ai_settings).start()
+def ai_server(ai_settings: Settings) -> Iterator[ThreadedServer]:
+    srv = ThreadedServer(ai_settings).start()
     yield srv
     srv.stop()
 
 
-def ingest_ct(server: PortServer, seed: int, count: int = 2, size: int = 64) -> str:
+def ingest_ct(server: ThreadedServer, seed: int, count: int = 2, size: int = 64) -> str:
     """Store a small CT series; its Study Instance UID."""
     study = ""
     for ds in generate_ct_series(count, seed=seed, rows=size, columns=size):
@@ -61,7 +62,7 @@ def webhook(name: str, url: str, **extra: Any) -> dict[str, Any]:
             "delivery": {"type": "webhook", "url": url, "secret": SECRET}, **extra}
 
 
-async def test_subscription_crud_and_validation(ai_server: PortServer) -> None:
+async def test_subscription_crud_and_validation(ai_server: ThreadedServer) -> None:
     base = ai_server.base_url + "/api/ai/subscriptions"
     async with aiohttp.ClientSession() as s:
         created = await api(s, "POST", base, {"name": "triage", "delivery": {"type": "webhook",
@@ -91,7 +92,7 @@ async def test_subscription_crud_and_validation(ai_server: PortServer) -> None:
         await api(s, "GET", f"{base}/abc", status=400)
 
 
-async def test_webhook_signed_retried_in_order_and_token_scoped(ai_server: PortServer) -> None:
+async def test_webhook_signed_retried_in_order_and_token_scoped(ai_server: ThreadedServer) -> None:
     receiver = await Receiver(SECRET, script=[503, 503]).start()
     try:
         async with aiohttp.ClientSession() as s:
@@ -138,7 +139,7 @@ async def test_webhook_signed_retried_in_order_and_token_scoped(ai_server: PortS
         await receiver.stop()
 
 
-async def check_token_scope(s: aiohttp.ClientSession, server: PortServer, token: str, own: str, other: str) -> None:
+async def check_token_scope(s: aiohttp.ClientSession, server: ThreadedServer, token: str, own: str, other: str) -> None:
     root = server.base_url + "/dicom-web"
     auth = {"Authorization": f"Bearer {token}"}
     async with s.get(f"{root}/studies/{own}/metadata", headers=auth) as resp:
@@ -180,7 +181,7 @@ def stow(data: bytes) -> tuple[bytes, str]:
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
-async def test_results_of_own_study_do_not_notify_again(ai_server: PortServer) -> None:
+async def test_results_of_own_study_do_not_notify_again(ai_server: ThreadedServer) -> None:
     receiver = await Receiver(SECRET).start()
     try:
         async with aiohttp.ClientSession() as s:
@@ -202,11 +203,11 @@ async def test_results_of_own_study_do_not_notify_again(ai_server: PortServer) -
         await receiver.stop()
 
 
-def stable_events(server: PortServer, study: str) -> int:
+def stable_events(server: ThreadedServer, study: str) -> int:
     return sum(1 for e in server.archive.changes(0, 1000) if e.type == "StudyStable" and e.study_uid == study)
 
 
-def consumed(server: PortServer) -> bool:
+def consumed(server: ThreadedServer) -> bool:
     from sqlalchemy import select
 
     from pacs.index.models import EventCursor
@@ -219,7 +220,7 @@ def consumed(server: PortServer) -> bool:
 
 @needs_dcmtk("storescp")
 @pytest.mark.dcmtk
-async def test_dicom_push_to_storescp(ai_server: PortServer, tmp_path: Path) -> None:
+async def test_dicom_push_to_storescp(ai_server: ThreadedServer, tmp_path: Path) -> None:
     scp = DcmtkStoreSCP(tmp_path / "received", ae_title="AI_SCP").wait_ready()
     try:
         aes.add_ae(ai_server.archive.db, "AI_SCP", "127.0.0.1", scp.port)
@@ -249,8 +250,8 @@ async def test_dicom_push_to_storescp(ai_server: PortServer, tmp_path: Path) -> 
 
 async def test_two_servers_on_one_database_deliver_once(ai_settings: Settings) -> None:
     receiver = await Receiver(SECRET).start()
-    one = PortServer(ai_settings).start()
-    two = PortServer(replace(ai_settings, http_port=free_port())).start()
+    one = ThreadedServer(ai_settings).start()
+    two = ThreadedServer(replace(ai_settings, http_port=free_port())).start()
     try:
         async with aiohttp.ClientSession() as s:
             await api(s, "POST", one.base_url + "/api/ai/subscriptions", webhook("e", receiver.url), 201)

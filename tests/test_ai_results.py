@@ -5,7 +5,6 @@ FHIR receiver, triage on the reading worklist, token checks, and the reference e
 
 from __future__ import annotations
 
-import asyncio
 import io
 import subprocess
 import sys
@@ -17,13 +16,13 @@ import highdicom as hd
 import numpy as np
 import pytest
 from fhir.resources.R4B.bundle import Bundle
-from pydicom import dcmread
 
 from ai_hooks import tokens
 from pacs.settings import Settings
 from sample_data import generate_ct_series
 
-from .ai_support import PortServer, Receiver, until
+from .ai_support import Receiver, until
+from .servers import ThreadedServer
 from .retrieve_peers import to_bytes
 from .servers import free_port
 from .test_ai_hooks import SECRET, api, ingest_ct, webhook
@@ -41,20 +40,20 @@ async def fhir() -> Any:
 
 
 @pytest.fixture
-def results_server(settings: Settings, fhir: Receiver) -> Iterator[PortServer]:
-    srv = PortServer(replace(settings, http_port=free_port(), stable_seconds=0.3, stability_check_interval=0.05,
+def results_server(settings: Settings, fhir: Receiver) -> Iterator[ThreadedServer]:
+    srv = ThreadedServer(replace(settings, http_port=free_port(), stable_seconds=0.3, stability_check_interval=0.05,
                              outbox_retry_seconds=0.05, outbox_poll_seconds=0.05,
                              emr_fhir_url=fhir.url.rsplit("/", 1)[0] + "/fhir")).start()
     yield srv
     srv.stop()
 
 
-async def on_worklist(s: aiohttp.ClientSession, server: PortServer, study: str) -> dict[str, Any] | None:
+async def on_worklist(s: aiohttp.ClientSession, server: ThreadedServer, study: str) -> dict[str, Any] | None:
     async with s.get(f"{server.base_url}/api/reading-worklist/{study}") as resp:
         return await resp.json() if resp.status == 200 else None
 
 
-async def fetch_sr(s: aiohttp.ClientSession, server: PortServer, study: str, sop: str) -> hd.sr.ComprehensiveSR:
+async def fetch_sr(s: aiohttp.ClientSession, server: ThreadedServer, study: str, sop: str) -> hd.sr.ComprehensiveSR:
     """The SR as any DICOMweb client gets it, parsed by highdicom."""
     async with s.get(f"{server.base_url}/dicom-web/studies?StudyInstanceUID={study}&includefield=all") as resp:
         assert resp.status == 200
@@ -78,7 +77,7 @@ def measurements(group: Any) -> dict[tuple[str, str], float]:
     return out
 
 
-async def test_findings_become_sr_fhir_and_stat(results_server: PortServer, fhir: Receiver) -> None:
+async def test_findings_become_sr_fhir_and_stat(results_server: ThreadedServer, fhir: Receiver) -> None:
     server = results_server
     datasets = list(generate_ct_series(2, seed=21, rows=64, columns=64))
     for ds in datasets:
@@ -134,7 +133,7 @@ async def test_findings_become_sr_fhir_and_stat(results_server: PortServer, fhir
             "id"] == record["id"]
 
 
-async def test_bad_findings_are_refused_and_nothing_stored(results_server: PortServer) -> None:
+async def test_bad_findings_are_refused_and_nothing_stored(results_server: ThreadedServer) -> None:
     server = results_server
     study = ingest_ct(server, seed=22, count=1)
     other = ingest_ct(server, seed=23, count=1)
@@ -161,7 +160,7 @@ async def test_bad_findings_are_refused_and_nothing_stored(results_server: PortS
 
 
 async def test_require_token_setting(settings: Settings) -> None:
-    server = PortServer(replace(settings, http_port=free_port(), ai_require_token=True)).start()
+    server = ThreadedServer(replace(settings, http_port=free_port(), ai_require_token=True)).start()
     try:
         study = ingest_ct(server, seed=24, count=1)
         good = {"study_uid": study, "model": {"name": "m", "version": "1"}, "findings": [{"code": NODULE}]}
@@ -176,7 +175,7 @@ async def test_require_token_setting(settings: Settings) -> None:
         server.stop()
 
 
-async def test_reference_engine_end_to_end(results_server: PortServer) -> None:
+async def test_reference_engine_end_to_end(results_server: ThreadedServer) -> None:
     server = results_server
     port = free_port()
     engine = subprocess.Popen([sys.executable, "-m", "ai_hooks.example_engine", "--port", str(port),

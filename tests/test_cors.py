@@ -8,7 +8,6 @@ from typing import Any, Iterator
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from dicomweb import routes
 from pacs.settings import Settings, load_settings
@@ -21,18 +20,6 @@ OTHER = "https://other.example:8443"
 EVIL = "http://evil.example"
 
 
-async def _store_stub(request: web.Request) -> web.Response:  # stands in for STOW-RS until it lands
-    raise web.HTTPUnsupportedMediaType()
-
-
-@pytest.fixture
-def with_stow(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The route table with ``POST /studies`` (STOW-RS): the real one once it is there."""
-    original = routes.route_table
-    if not any(m == "POST" and p == "/studies" for m, p, _ in original()):
-        monkeypatch.setattr(routes, "route_table", lambda: [*original(), ("POST", "/studies", _store_stub)])
-
-
 def _start(settings: Settings, **changes: Any) -> Iterator[ThreadedServer]:
     srv = ThreadedServer(settings.replace(**changes)).start()
     srv.archive.ingest_bytes(to_bytes(make_ct(patient_id="CORS1")), source="test")
@@ -43,12 +30,12 @@ def _start(settings: Settings, **changes: Any) -> Iterator[ThreadedServer]:
 
 
 @pytest.fixture
-def listed(settings: Settings, with_stow: None) -> Iterator[ThreadedServer]:
+def listed(settings: Settings) -> Iterator[ThreadedServer]:
     yield from _start(settings, cors_allowed_origins=(VIEWER, OTHER))
 
 
 @pytest.fixture
-def anyone(settings: Settings, with_stow: None) -> Iterator[ThreadedServer]:
+def anyone(settings: Settings) -> Iterator[ThreadedServer]:
     yield from _start(settings, allow_delete=True)
 
 

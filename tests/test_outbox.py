@@ -146,7 +146,7 @@ async def test_unreachable_receiver_goes_dead_then_redelivered(fast_archive: Arc
 
         with fast_archive.db.write() as conn:  # the same message, pointed at the live receiver
             conn.execute(update(OutboxMessage).where(OutboxMessage.id == mid).values(target_url=receiver.url))
-        assert outbox.redeliver(fast_archive.db, mid)
+        outbox.redeliver(fast_archive.db, mid)
         await _drain(sender, fast_archive, [mid])
     finally:
         await receiver.stop()

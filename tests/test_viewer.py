@@ -15,7 +15,6 @@ import http.client
 import io
 import re
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,14 +22,13 @@ from typing import Any, Iterator
 import pytest
 import requests
 from pydicom import dcmread
-from sqlalchemy import create_engine, text
 
 from pacs.archive import Archive
 from pacs.importer import import_paths
 from pacs.settings import Settings, load_settings
 from pacs.viewer import OHIF_VERSION, ViewerInstallError, install, sri, viewer_dir
 
-from .conftest import TEST_DB, _pg_admin_url
+from .conftest import TEST_DB, postgres_schema
 from .servers import ThreadedServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -73,16 +71,8 @@ def module_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if TEST_DB == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('viewer-db') / 'index.sqlite'}"
         return
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{_pg_admin_url()}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from pacs.dimse.policy import refusal
 from pacs.dimse.service import DimseRequest, encode_dataset
 from pacs.dimse.status import CANCEL, PENDING, SUCCESS, Status, status
 from pacs.errors import InvalidQuery, PacsError
-from pacs.query import Level, make_matcher
+from pacs.query import Level, element_values, make_matcher
 from pacs.query.attributes import Attribute
 from pacs.query.sql import condition
 
@@ -80,27 +80,18 @@ STEP_ATTRIBUTES: dict[str, Attribute] = {a.keyword: a for a in (
 CONTROL_KEYWORDS = {"SpecificCharacterSet", "TimezoneOffsetFromUTC", "QueryRetrieveLevel"}
 
 
-def _values(elem: DataElement) -> list[str]:
-    value = elem.value
-    if value is None or value == "":
-        return []
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return [str(v) for v in value]
-    return [str(value)]
-
-
 def _conditions(ds: Dataset, attributes: dict[str, Attribute]) -> list[Any]:
     found = []
     for elem in ds:
         if elem.keyword in attributes and elem.VR != "SQ":
-            clause = condition(make_matcher(elem.keyword, _values(elem), attributes), attributes)
+            clause = condition(make_matcher(elem.keyword, element_values(elem), attributes), attributes)
             if clause is not None:
                 found.append(clause)
     return found
 
 
 def _status_condition(step: Dataset | None) -> Any:
-    wanted = [v.strip().upper() for v in _values(step[SPS_STATUS])] if step is not None and SPS_STATUS in step else []
+    wanted = [v.strip().upper() for v in element_values(step[SPS_STATUS])] if step is not None and SPS_STATUS in step else []
     wanted = [v for v in wanted if v and v != "*"]
     if not wanted:
         return _T.status == "SCHEDULED"

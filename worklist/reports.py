@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import BasicTextSRStorage
 from sqlalchemy import Connection, func, insert, select, update
 
 from pacs.archive import Archive
@@ -31,6 +32,7 @@ from pacs.errors import Conflict, InvalidQuery, NotFound
 from pacs.events import EventType, append_event
 from pacs.index.db import Database
 from pacs.index.models import Instance, Series, Study
+from pacs.retrieve import header_dataset
 
 from . import emr
 from .reading_models import ReadingItem, Report
@@ -116,22 +118,21 @@ def save_draft(db: Database, study_uid: str, author: str, body: dict[str, Any]) 
 
 def _evidence(conn: Connection, study_uid: str) -> list[Dataset]:
     """The study's instances as highdicom wants its evidence: the first with the patient
-    and study attributes from its stored DICOM JSON, the rest with their UIDs only."""
+    and study attributes from its stored DICOM JSON (only that one JSON is read), the rest
+    with their UIDs only. Earlier report SRs are not evidence."""
     rows = conn.execute(
-        select(Instance.sop_class_uid, Instance.sop_instance_uid, Series.series_uid, Instance.dicom_json)
+        select(Instance.id, Instance.sop_class_uid, Instance.sop_instance_uid, Series.series_uid)
         .join(Series, Series.id == Instance.series_fk).join(Study, Study.id == Series.study_fk)
-        .where(Study.study_uid == study_uid, Instance.sop_class_uid != "1.2.840.10008.5.1.4.1.1.88.11")
+        .where(Study.study_uid == study_uid, Instance.sop_class_uid != BasicTextSRStorage)
         .order_by(Instance.id)).all()
     if not rows:
         raise NotFound(f"study {study_uid} holds no instances")
+    first_json = conn.execute(select(Instance.dicom_json).where(Instance.id == rows[0].id)).scalar_one()
     evidence = []
     for i, row in enumerate(rows):
-        ds = Dataset.from_json(row.dicom_json, bulk_data_uri_handler=lambda *_: b"") if i == 0 else Dataset()
+        ds = header_dataset(first_json) if i == 0 else Dataset()
         ds.SOPClassUID, ds.SOPInstanceUID = row.sop_class_uid, row.sop_instance_uid
         ds.SeriesInstanceUID, ds.StudyInstanceUID = row.series_uid, study_uid
-        for keyword in ("StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDate", "StudyTime"):
-            if i == 0 and keyword not in ds:
-                setattr(ds, keyword, "")
         evidence.append(ds)
     return evidence
 
@@ -162,7 +163,7 @@ def sign(archive: Archive, study_uid: str, author: str) -> dict[str, Any]:
     status = "amended" if item.state in SIGNED else "final"
     content = ReportContent(author, draft.findings, draft.impression, json.loads(draft.codes))
     sr = build_report_sr(evidence, content, version=draft.version, previous=previous)
-    archive.ingest_bytes(_part10(sr), source="report")
+    archive.ingest_dataset(sr, source="report")
     now = time.time()
     with archive.db.write() as conn:
         done = conn.execute(update(Report).where(Report.id == draft.id, Report.status == "draft")
@@ -182,12 +183,3 @@ def sign(archive: Archive, study_uid: str, author: str) -> dict[str, Any]:
             emr.enqueue_resource(conn, archive.settings.emr_fhir_url, resource,
                                  f"report:{study_uid}:{draft.version}")
     return [v for v in versions(archive.db, study_uid) if v["version"] == draft.version][0]
-
-
-def _part10(ds: Dataset) -> bytes:
-    from pydicom import dcmwrite
-    from pydicom.filebase import DicomBytesIO
-
-    buffer = DicomBytesIO()
-    dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()

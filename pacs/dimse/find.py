@@ -21,7 +21,7 @@ from pynetdicom.sop_class import (
 from pydicom.uid import ImplicitVRLittleEndian
 
 from ..errors import InvalidQuery, PacsError
-from ..query import Level, Query, make_matcher, search
+from ..query import Level, Query, element_values, make_matcher, search
 from ..query.model import level_of
 from ..query.attributes import COMPUTED, MATCHABLE, UNIQUE_KEYS, attribute_level
 from .identifier import encode_identifier, needs_utf8
@@ -46,15 +46,6 @@ MODELS: dict[str, tuple[Level, ...]] = {
     str(PatientRootQueryRetrieveInformationModelFind): (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE),
     str(StudyRootQueryRetrieveInformationModelFind): (Level.STUDY, Level.SERIES, Level.IMAGE),
 }
-
-
-def _values(elem: Any) -> list[str]:
-    value = elem.value
-    if value is None or value == "":
-        return []
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return [str(v) for v in value]
-    return [str(value)]
 
 
 def _check_unique_keys(query: Query, levels: tuple[Level, ...]) -> None:
@@ -87,7 +78,7 @@ def query_from_identifier(identifier: Dataset, model: str) -> tuple[Query, list[
             if elem.value:
                 raise InvalidQuery(f"sequence matching on {keyword} is not supported")
             continue
-        values = _values(elem)
+        values = element_values(elem)
         if keyword in MATCHABLE:
             query.matchers.append(make_matcher(keyword, values))
         elif values and keyword not in COMPUTED:

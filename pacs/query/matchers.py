@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Mapping
+from typing import Any, Mapping
 
 from ..errors import InvalidQuery
 from ..index.names import normalise_pn, normalise_time
@@ -57,6 +57,17 @@ def _range(keyword: str, vr: str, value: str) -> Matcher:
     if low and high and low > high:
         raise InvalidQuery(f"{keyword}: range start after its end")
     return Matcher(keyword, MatchKind.RANGE, (low, high))
+
+
+def element_values(element: Any) -> list[str]:
+    """The values of an identifier's data element as strings, for :func:`make_matcher`:
+    ``[]`` for an empty (universal) key, one string per value of a multi-valued one."""
+    value = element.value
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [str(v) for v in value]
+    return [str(value)]
 
 
 def make_matcher(keyword: str, values: list[str], attributes: Mapping[str, Attribute] = MATCHABLE) -> Matcher:

@@ -131,7 +131,7 @@ def _fetch(conn: Any, column: Any, ids: list[int]) -> dict[int, Any]:
     found: dict[int, Any] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
-        found.update(conn.execute(select(Instance.id, column).where(Instance.id.in_(chunk))).tuples().all())
+        found.update(conn.execute(select(Instance.id, column).where(Instance.id.in_(chunk))).all())
     return found
 
 
