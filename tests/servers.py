@@ -53,7 +53,7 @@ class ThreadedServer:
         archive = self.archive or Archive(self.settings)
         self.archive = archive
         app = build_application(archive, dimse_port=0)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.shutdown_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.http_port)  # 0: any free port
         await site.start()
