@@ -15,6 +15,7 @@ the cause). Message bodies are never logged: they may hold patient data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Awaitable, Callable
@@ -70,10 +71,11 @@ class OutboxSender:
                 except Exception:
                     log.exception("outbox: sending failed; retrying")
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.settings.outbox_poll_seconds)
-                except asyncio.TimeoutError:
-                    pass
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that
+                # arrives in the tick the event is set, and server teardown then waits forever.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.outbox_poll_seconds):
+                        await self._wake.wait()
 
     async def send_due(self, session: aiohttp.ClientSession) -> int:
         """Claim the due messages and send them; the number claimed."""

@@ -214,3 +214,19 @@ async def test_api_lists_and_redelivers(server: ThreadedServer) -> None:
             assert resp.status == 409
         async with session.post(f"{server.base_url}/api/outbox/999999/redeliver") as resp:
             assert resp.status == 404
+
+
+async def test_cancel_ends_the_sender_even_when_woken_in_the_same_tick(fast_archive: Archive) -> None:
+    """A wake and a cancel in one event-loop tick (the consumer loop waking the sender while
+    the server shuts down) must still end ``run``: Python 3.11's ``asyncio.wait_for``
+    returned the woken result and dropped the cancel, which hung server teardown."""
+    sender = OutboxSender(fast_archive)
+    task = asyncio.create_task(sender.run())
+    deadline = time.monotonic() + 10
+    while not (sender._wake is not None and sender._wake._waiters):  # parked, waiting for a wake
+        assert time.monotonic() < deadline and not task.done()
+        await asyncio.sleep(0.005)
+    sender._wake.set()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert done == {task} and task.cancelled()
