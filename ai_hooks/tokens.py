@@ -15,8 +15,10 @@ comes with the security issue, which reuses this module).
 The middleware looks at requests under ``/dicom-web`` and ``/api/ai/results`` that carry
 ``Authorization: Bearer ...`` (RFC 6750): an invalid or expired token is answered 401
 with ``WWW-Authenticate: Bearer error="invalid_token"``; a valid one outside its study 403.
-Requests without a bearer token are untouched (no authentication exists yet), except
-``POST /api/ai/results`` when ``ai_require_token`` is set (ai_hooks/results_web.py).
+Requests without a bearer token are untouched here (pacs/auth.py decides whether they
+need one), except ``POST /api/ai/results`` when ``ai_require_token`` is set; other
+bearer tokens (API tokens, JWTs) are pacs/auth.py's, which also accepts these tokens
+through :func:`principal_of` (registered by ai_hooks/web.py ``setup``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from aiohttp import web
 from sqlalchemy import insert, select
@@ -39,6 +41,9 @@ from pacs.errors import PacsError
 from pacs.index.db import Database
 from pacs.index.models import SchemaMeta
 from pacs.web import ARCHIVE, run_blocking
+
+if TYPE_CHECKING:
+    from pacs.auth import Principal
 
 PREFIX = "pacsai1"
 KEY_NAME = "ai_token_key"
@@ -140,13 +145,27 @@ def bearer(request: web.Request) -> str | None:
 async def claims_of(request: web.Request) -> TokenClaims | None:
     """The request's verified token claims, None without a bearer token; 401 when invalid."""
     token = bearer(request)
-    if token is None:
+    if token is None or not token.startswith(PREFIX + "."):  # others: pacs/auth.py checked them
         return None
     key = await run_blocking(signing_key, request.app[ARCHIVE].db)
     try:
         return verify(key, token)
     except InvalidToken as exc:
         raise unauthorized(str(exc)) from None
+
+
+async def principal_of(request: web.Request, token: str) -> "Principal":
+    """The verifier pacs/auth.py calls for ``pacsai1.`` tokens: read, STOW-RS and AI results,
+    confined to the token's study (:func:`check_dicomweb_scope`, ai_hooks/web.py post_results)."""
+    from pacs.auth import InvalidCredentials, Principal
+
+    key = await run_blocking(signing_key, request.app[ARCHIVE].db)
+    try:
+        claims = verify(key, token)
+    except InvalidToken as exc:
+        raise InvalidCredentials(str(exc)) from None
+    return Principal(f"ai-subscription:{claims.subscription_id}", "study-token", frozenset({"read", "write", "ai"}),
+                     study=claims.study_uid, token_id=f"subscription-{claims.subscription_id}")
 
 
 def check_dicomweb_scope(request: web.Request, study_uid: str) -> None:

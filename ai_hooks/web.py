@@ -165,6 +165,10 @@ def setup(app: web.Application, archive: Archive | None = None) -> None:
     app.router.add_get(PREFIX + "/results", list_results)
     app.router.add_get(PREFIX + "/results/{id}", get_result)
     app.middlewares.append(tokens.token_middleware)
+    from pacs.auth import TOKEN_VERIFIERS
+
+    if TOKEN_VERIFIERS in app:
+        app[TOKEN_VERIFIERS][tokens.PREFIX + "."] = tokens.principal_of
     app.on_startup.append(_warm_up)
     if CONSUMERS in app:
         app[CONSUMERS].append(notify.consumer(archive.db, archive.settings))

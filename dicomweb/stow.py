@@ -449,6 +449,8 @@ async def store_instances(request: web.Request) -> web.Response:
         received = await receive_metadata(request, study, budget)
     else:
         received = await receive(request, kind, study, budget)
+    # audit trail (pacs/web_audit.py): the studies stored, which the URL may not name
+    request["audit_studies"] = sorted({o.result.study_uid for o in received.outcomes if o.result is not None})
     if not received.outcomes:
         raise received.abort or MalformedRequest("the request holds no instance")
     body = json.dumps(response_module(received, wado.base_url(request)), ensure_ascii=False)

@@ -22,6 +22,7 @@ from .settings import Settings
 from .storage import BlobStore, FolderStore, open_blob_store
 
 if TYPE_CHECKING:
+    from .audit import AuditTrail
     from .dimse.policy import AEPolicy
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Archive:
         self.series_cache = SeriesCache()  # ingest's hints, see pacs.index.writer
         if migrate:
             upgrade(self.db)
+        self.audit  # noqa: B018  the one audit trail, made before any door's threads ask for it
 
     def _incoming_dir(self) -> str:
         """Where received objects are spooled: on the blob folder's filesystem when local,
@@ -88,7 +90,18 @@ class Archive:
         """What each remote AE may do (:class:`pacs.dimse.policy.AEPolicy`)."""
         from .dimse.policy import AEPolicy
 
-        return AEPolicy(self.db, open_mode=self.settings.open_mode)
+        return AEPolicy(self.db, open_mode=self.settings.open_mode, check_address=self.settings.check_ae_address)
+
+    @cached_property
+    def audit(self) -> AuditTrail:
+        """The PHI access audit trail every door records to (:mod:`pacs.audit`)."""
+        from .audit import AuditTrail
+        from .audit_syslog import SyslogExporter
+
+        settings = self.settings
+        exporter = SyslogExporter(settings.audit_syslog, settings.ae_title) if settings.audit_syslog else None
+        return AuditTrail(self.db, enabled=settings.audit_enabled, capacity=settings.audit_queue_size,
+                          exporter=exporter)
 
     # -- housekeeping ---------------------------------------------------------------
     def sweep_orphans(self, grace_seconds: float | None = None) -> int:
@@ -110,4 +123,6 @@ class Archive:
         return status
 
     def close(self) -> None:
+        if "audit" in self.__dict__:  # write the queued audit events first
+            self.audit.close()
         self.db.dispose()

@@ -1,4 +1,5 @@
-"""The ``pacs`` command line: serve, import, sample-data, db upgrade, ae add/list/remove, viewer install."""
+"""The ``pacs`` command line: serve, import, sample-data, db upgrade, ae add/list/remove, token
+create/list/revoke, viewer install."""
 
 from __future__ import annotations
 
@@ -27,10 +28,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {"host": args.host, "dimse_port": args.dimse_port, "http_port": args.http_port,
                  "workers": args.workers}
     settings = load_settings(args.config, **overrides)
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        logging.getLogger("pacs").warning(
-            "listening on %s: no authentication exists yet; keep this behind a firewall", settings.host
-        )
+    from .auth import InsecureBind, check_bind
+
+    try:
+        check_bind(settings)
+    except InsecureBind as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if settings.workers > 1:
         from .supervisor import supervise
 
@@ -111,6 +115,39 @@ def cmd_ae(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """``pacs token create|list|revoke``: API tokens (pacs/api_tokens.py); a new token is printed once."""
+    from . import api_tokens
+
+    archive = _archive(args)
+    try:
+        if args.token_command == "create":
+            expires = api_tokens.parse_duration(args.expires) if args.expires else None
+            token, info = api_tokens.create(archive.db, args.name, args.scopes, expires)
+            print(token)
+            print(f"id {info.id} name {info.name} scopes {','.join(sorted(info.scopes))} "
+                  f"expires {_when(info.expires_at)}; the token is shown only now", file=sys.stderr)
+        elif args.token_command == "revoke":
+            info = api_tokens.revoke(archive.db, args.id)
+            print(f"revoked {info.id} ({info.name})")
+        else:
+            for info in api_tokens.list_tokens(archive.db):
+                state = "revoked" if info.revoked_at else "active"
+                print(f"{info.id}  {info.name:<24} {','.join(sorted(info.scopes)):<32} "
+                      f"expires {_when(info.expires_at)}  {state}")
+    finally:
+        archive.close()
+    return 0
+
+
+def _when(epoch: float | None) -> str:
+    import datetime
+
+    if epoch is None:
+        return "never"
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def cmd_viewer(args: argparse.Namespace) -> int:
     """``pacs viewer install [--force] [--tarball PATH]``: fetch the pinned OHIF viewer."""
     from .viewer import OHIF_PACKAGE, install
@@ -179,6 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("name")
     ae_sub.add_parser("list")
     ae.set_defaults(func=cmd_ae)
+
+    tok = sub.add_parser("token", help="API tokens for the HTTP doors (Authorization: Bearer)")
+    tok_sub = tok.add_subparsers(dest="token_command", required=True)
+    tcreate = tok_sub.add_parser("create", help="create a token and print it (once)")
+    tcreate.add_argument("--name", required=True)
+    tcreate.add_argument("--scopes", required=True,
+                         help="comma-separated: read,write,delete,admin,worklist,report,ai")
+    tcreate.add_argument("--expires", help="lifetime such as 30d, 12h, 90m, 2w (default: never)")
+    tok_sub.add_parser("list", help="list tokens (never their secrets)")
+    trevoke = tok_sub.add_parser("revoke", help="revoke a token by id")
+    trevoke.add_argument("id")
+    tok.set_defaults(func=cmd_token)
 
     viewer = sub.add_parser("viewer", help="the OHIF web viewer served at /viewer")
     viewer_sub = viewer.add_subparsers(dest="viewer_command", required=True)

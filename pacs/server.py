@@ -79,9 +79,16 @@ def add_http_doors(app: web.Application, archive: Archive) -> None:
 
 
 def build_application(
-    archive: Archive, *, dimse_port: int | None = None, reuse_port: bool = False
+    archive: Archive, *, dimse_port: int | None = None, reuse_port: bool = False,
+    dimse_tls_port: int | None = None,
 ) -> web.Application:
-    """The full application: archive routes, DICOMweb routes when present, DIMSE, sweeps."""
+    """The full application: archive routes, DICOMweb routes when present, DIMSE, sweeps.
+
+    ``dimse_tls_port``: the DICOM TLS port to bind (0: a free one); None: from the settings.
+    """
+    from .auth import check_bind  # refuses a non-loopback address without authentication
+
+    check_bind(archive.settings)
     app = create_app(archive)
     app[CONSUMERS] = []
     app[OUTBOX_SIGNERS], app[OUTBOX_TRANSPORTS], app[OUTBOX_ORDERED] = {}, {}, []
@@ -94,7 +101,7 @@ def build_application(
         except PacsError as exc:  # come up anyway: /healthz and 0xA700 tell the story
             log.warning("orphan sweep at start failed: %s", exc.reason)
         dimse = DimseServer(archive, reuse_port=reuse_port)
-        await asyncio.to_thread(dimse.start, None, dimse_port)
+        await asyncio.to_thread(dimse.start, None, dimse_port, dimse_tls_port)
         app[DIMSE] = dimse
         app[OUTBOX] = sender = OutboxSender(archive, signers=app[OUTBOX_SIGNERS],
                                             transports=app[OUTBOX_TRANSPORTS], ordered=tuple(app[OUTBOX_ORDERED]))
@@ -123,13 +130,17 @@ def _serve_one(settings: Settings, *, reuse_port: bool = False, migrate: bool = 
     # lives as long as the process: keep it out of the cyclic garbage collector, whose
     # full passes over it stalled requests by ~100 ms (docs/performance.md).
     gc.freeze()
-    log.info("HTTP listening on %s:%d", settings.host, settings.http_port)
+    from .tls import http_context, warn_plaintext
+
+    warn_plaintext(settings)
+    log.info("HTTP%s listening on %s:%d", "S" if settings.https else "", settings.host, settings.http_port)
     web.run_app(
         app,
         host=settings.host,
         port=settings.http_port,
         shutdown_timeout=settings.shutdown_timeout,
         reuse_port=reuse_port or None,
+        ssl_context=http_context(settings),
         print=None,
         access_log=None,
     )

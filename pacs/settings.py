@@ -59,11 +59,39 @@ class Settings:
     dimse_timeout: float = _doc("Seconds to wait for a DIMSE message.", default=60.0)
     network_timeout: float = _doc("Seconds of network silence before an association is aborted.", default=120.0)
     require_called_ae: bool = _doc("Refuse associations whose Called AE is not ours.", default=False)
+    dimse_tls_port: int = _doc(
+        "DICOM TLS port (PS3.15 B.1/B.9 secure transport, TLS 1.2+; conventionally 2762), served "
+        "beside `dimse_port`. 0: off. Needs `tls_cert_file` and `tls_key_file`.",
+        default=0,
+    )
+    https: bool = _doc("Serve HTTP over TLS (HTTPS) with `tls_cert_file` and `tls_key_file`.", default=False)
+    tls_cert_file: str = _doc("PEM certificate (chain) of the server, for the DICOM TLS port and HTTPS.", default="")
+    tls_key_file: str = _doc("PEM private key of `tls_cert_file` (unencrypted).", default="")
+    tls_ca_file: str = _doc(
+        "PEM CA certificates that sign client certificates. When set, the DICOM TLS port asks "
+        "for a client certificate and verifies it.",
+        default="",
+    )
+    tls_require_client_cert: bool = _doc(
+        "DICOM TLS port: refuse the handshake of a client without a valid certificate (needs `tls_ca_file`).",
+        default=False,
+    )
+    tls_client_aes: tuple[str, ...] = _doc(
+        "Client certificates bound to AE titles: comma-separated `CN=<common name>-><AE>` or "
+        "`SHA256=<fingerprint>-><AE>`. A bound certificate may only call as its AE, and a bound AE "
+        "title only with its certificate (else A-ASSOCIATE-RJ, calling AE title not recognised).",
+        default=(),
+    )
     open_mode: bool = _doc(
         "AEs not in the registry (`pacs ae`) may echo, store, query, retrieve and request storage "
         "commitment. Registered AEs are limited by their allow flags either way; with `false`, "
         "unregistered AEs are refused (status 0x0124).",
         default=True,
+    )
+    check_ae_address: bool = _doc(
+        "A registered AE title calling from an address other than its registered host (an address, "
+        "or a name resolved every minute) is refused everything (status 0x0124).",
+        default=False,
     )
     commitment_max_attempts: int = _doc(
         "Attempts to deliver a storage commitment report (N-EVENT-REPORT) before it is marked failed.",
@@ -160,14 +188,60 @@ class Settings:
         "authentication) a token is checked only when one is sent.",
         default=False,
     )
+    auth_required: bool = _doc(
+        "Every HTTP route except `/healthz`, the viewer and reading-page code and CORS preflights "
+        "needs `Authorization: Bearer <token>` (an API token, an OIDC JWT or a study-scoped AI token) "
+        "with the route's scope (docs/security.md); 401/403 otherwise. With `false` requests without "
+        "a token are served with all scopes (a loud warning is logged at start).",
+        default=False,
+    )
+    allow_unauthenticated: bool = _doc(
+        "Allow `auth_required = false` on an address other than 127.0.0.1, localhost or ::1. "
+        "Without it such a server refuses to start.",
+        default=False,
+    )
+    oidc_issuer: str = _doc("OIDC: the `iss` every JWT must carry (RFC 7519 4.1.1).", default="")
+    oidc_audience: str = _doc("OIDC: the `aud` every JWT must contain, e.g. the PACS's client id.", default="")
+    oidc_jwks_url: str = _doc(
+        "OIDC: the issuer's JWKS URL (`jwks_uri`); signing keys are fetched by key id and cached.",
+        default="",
+    )
+    oidc_public_key: str = _doc(
+        "OIDC without JWKS: a PEM public key (RS/PS/ES/EdDSA), a file holding one, or an HMAC "
+        "secret (HS256/384/512) that verifies JWT signatures.",
+        default="",
+    )
+    audit_enabled: bool = _doc(
+        "Record every access to patient data in the audit trail (`audit_event`, `GET /api/audit`).",
+        default=True,
+    )
+    audit_queue_size: int = _doc(
+        "Audit events waiting to be written at most; beyond it events are dropped, counted in "
+        "`pacs_audit_dropped` and logged.",
+        default=10000,
+    )
+    audit_syslog: str = _doc(
+        "`host:port` of a syslog collector (UDP, RFC 5424) that receives every audit event as a "
+        "DICOM audit message (PS3.15 A.5, RFC 3881 XML). Empty: the index only.",
+        default="",
+    )
 
     def __post_init__(self) -> None:
+        if (self.oidc_jwks_url or self.oidc_public_key) and not (self.oidc_issuer and self.oidc_audience):
+            raise ValueError("oidc_issuer and oidc_audience must be set with oidc_jwks_url or oidc_public_key")
         if self.duplicate_policy not in DUPLICATE_POLICIES:
             raise ValueError(f"duplicate_policy must be one of {DUPLICATE_POLICIES}")
         if self.sqlite_synchronous not in ("full", "normal"):
             raise ValueError("sqlite_synchronous must be full or normal")
         if self.public_base_url and not self.public_base_url.startswith(("http://", "https://")):
             raise ValueError("public_base_url must be an http:// or https:// URL")
+        if (self.dimse_tls_port or self.https) and not (self.tls_cert_file and self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file must be set with dimse_tls_port or https")
+        if self.tls_require_client_cert and not self.tls_ca_file:
+            raise ValueError("tls_require_client_cert needs tls_ca_file")
+        from .tls import parse_client_aes  # raises ValueError on a malformed binding
+
+        parse_client_aes(self.tls_client_aes)
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
         if self.commitment_max_attempts < 1:
@@ -176,6 +250,8 @@ class Settings:
             raise ValueError("outbox_max_attempts must be at least 1, outbox poll and timeout positive")
         if len(self.ae_title) > 16 or not self.ae_title.strip():
             raise ValueError("ae_title must be 1 to 16 characters")
+        if self.audit_syslog and not self.audit_syslog.rpartition(":")[2].isdigit():
+            raise ValueError("audit_syslog must be host:port")
 
     @property
     def resolved_database_url(self) -> str:

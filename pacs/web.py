@@ -78,8 +78,13 @@ async def changes(request: web.Request) -> web.Response:
 
 def create_app(archive: Archive) -> web.Application:
     """The aiohttp application with the archive routes."""
-    app = web.Application(middlewares=[error_middleware])
+    from .web_audit import audit_middleware, setup_audit_routes  # audit: outermost, sees final statuses
+
+    app = web.Application(middlewares=[audit_middleware, error_middleware])
     app[ARCHIVE] = archive
+    from .auth import setup_auth  # authentication: inside audit and errors, before every door's own
+
+    setup_auth(app, archive.settings)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/api/changes", changes)
@@ -89,4 +94,8 @@ def create_app(archive: Archive) -> web.Application:
     from .web_outbox import setup_outbox_routes
 
     setup_outbox_routes(app)
+    from .tokens_api import setup_token_routes
+
+    setup_token_routes(app)
+    setup_audit_routes(app)
     return app

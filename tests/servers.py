@@ -32,6 +32,8 @@ class ThreadedServer:
         self.archive = archive
         self.http_port = 0
         self.dimse_port = 0
+        #: The DICOM TLS port (ephemeral) when the settings turn one on (``dimse_tls_port``).
+        self.dimse_tls_port: int | None = None
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -52,13 +54,17 @@ class ThreadedServer:
     async def _start(self) -> None:
         archive = self.archive or Archive(self.settings)
         self.archive = archive
-        app = build_application(archive, dimse_port=0)
+        app = build_application(archive, dimse_port=0, dimse_tls_port=0 if self.settings.dimse_tls_port else None)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.shutdown_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.http_port)  # 0: any free port
+        from pacs.tls import http_context  # HTTPS when the settings ask for it
+
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.http_port,  # 0: any free port
+                           ssl_context=http_context(self.settings))
         await site.start()
         self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.dimse_port = app[DIMSE].port
+        self.dimse_tls_port = app[DIMSE].tls_port
 
     def start(self) -> "ThreadedServer":
         self._thread.start()
@@ -81,7 +87,7 @@ class ThreadedServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.settings.host}:{self.http_port}"
+        return f"{'https' if self.settings.https else 'http'}://{self.settings.host}:{self.http_port}"
 
 
 def echo(port: int, ae_title: str = "PACS", calling_ae: str = "PROBE") -> bool:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import ssl
+import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
@@ -32,6 +34,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from . import pdu
+from .. import tls
 from .command import C_CANCEL_RQ, C_STORE_RQ, AFFECTED_SOP_CLASS, AFFECTED_SOP_INSTANCE, MESSAGE_ID_RESPONDED, Command
 from .spool import DatasetTooLarge, FileSpool, MemorySpool, file_meta
 
@@ -77,6 +80,8 @@ class Requestor:
     address: str
     port: int
     called_ae_title: str
+    #: Subject (RFC 4514) of the verified TLS client certificate; empty without one.
+    certificate: str = ""
 
 
 @dataclass(slots=True)
@@ -99,6 +104,7 @@ class Association:
         self.contexts: dict[int, Context] = {}
         self.peer_max_pdu = 0
         self.is_established = False
+        self.rejection: tuple[int, int, int] | None = None
         self._ready: deque[Message] = deque()
         self._command = bytearray()
         self._current: Message | None = None
@@ -106,6 +112,18 @@ class Association:
         self._header = bytearray(6)
         self._outbox: list[bytes | memoryview] = []
         self._outbox_bytes = 0
+        self.peer: tls.PeerCertificate | None = None
+        self._tls_thread: int | None = None  # the thread that completed the TLS handshake
+
+    def handshake(self) -> None:
+        """Complete the TLS handshake of a socket accepted on the DICOM TLS port (PS3.15
+        B.1), within the ACSE timeout; a plain socket has nothing to do. Raises
+        :class:`ssl.SSLError` (an OSError) when the client fails it."""
+        if isinstance(self.sock, ssl.SSLSocket):
+            self.sock.settimeout(self.config.acse_timeout)
+            self.sock.do_handshake()
+            self._tls_thread = threading.get_ident()
+            self.peer = tls.peer_certificate(self.sock)
 
     # -- negotiation (PS3.8 7.1, PS3.7 D.3.3) ---------------------------------------------------
     def negotiate(self, active: int) -> bool:
@@ -121,8 +139,9 @@ class Association:
         request.decode(bytes(self._header) + bytes(body))
         primitive = request.to_primitive()
         self.requestor = Requestor(str(primitive.calling_ae_title).strip(), self.address[0], self.address[1],
-                                   str(primitive.called_ae_title).strip())
+                                   str(primitive.called_ae_title).strip(), self.peer.subject if self.peer else "")
         rejection = self._rejection(request, primitive, active)
+        self.rejection = rejection  # audit trail (pacs/dimse/audit.py)
         if rejection is not None:
             reply = A_ASSOCIATE_RJ()
             reply.from_primitive(_reject_primitive(*rejection))
@@ -141,6 +160,8 @@ class Association:
             return 1, 1, 2  # permanent, user: application context name not supported
         if self.config.require_called_ae and self.requestor.called_ae_title != self.config.ae_title:
             return 1, 1, 7  # permanent, user: called AE title not recognised
+        if tls.binding_refused(self.requestor.ae_title, self.peer, self.config.tls_client_aes):
+            return 1, 1, 3  # permanent, user: calling AE title not recognised
         if active >= self.config.max_associations:
             return 2, 3, 2  # transient, presentation: local limit exceeded
         return None
@@ -178,10 +199,16 @@ class Association:
 
     def cancelled(self, message_id: int) -> bool:
         """Whether a C-CANCEL-RQ for ``message_id`` arrived (reads what is waiting, never blocks)."""
-        while select.select([self.sock], [], [], 0)[0]:
+        while self._readable():
             self._feed(*self._read_pdu())
         self._take_cancels()
         return message_id in self._cancelled
+
+    def _readable(self) -> bool:
+        """Whether a read would not block: TLS records already decrypted count too."""
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True
+        return bool(select.select([self.sock], [], [], 0)[0])
 
     def receive_response(self, message_id: int) -> Message:
         """Wait for the response to our request ``message_id`` (C-STORE of a C-GET),
@@ -354,8 +381,18 @@ class Association:
         self.sock.sendall(data)
 
     def abort(self, reason: int = pdu.REASON_NOT_SPECIFIED, source: int = pdu.ABORT_SOURCE_PROVIDER) -> None:
-        """Send an A-ABORT (best effort) and close."""
-        if self.sock.fileno() >= 0:
+        """Send an A-ABORT (best effort) and close.
+
+        A TLS connection is used by its own thread only (an SSL object is not thread-safe):
+        from another thread (server shutdown), or before its handshake, the connection is
+        shut down without an A-ABORT, which wakes its thread.
+        """
+        if isinstance(self.sock, ssl.SSLSocket) and self._tls_thread != threading.get_ident():
+            try:
+                socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+        elif self.sock.fileno() >= 0:
             try:
                 self.sock.sendall(pdu.abort(source, reason))
             except OSError:

@@ -64,6 +64,7 @@ def _store(request: DimseRequest) -> Status:
     except Exception:
         log.exception("C-STORE from %s failed", calling)
         return Status(PROCESSING_FAILURE, "internal error while storing")
+    request.audit_subjects["study_uid"] = result.study_uid  # audit trail (pacs/dimse/audit.py)
     if result.sop_instance_uid != request.command.text(cmd.AFFECTED_SOP_INSTANCE):
         # Stored, but the command named another instance: PS3.4 B.2.3 has no code for
         # this; the object is kept under the UID in its dataset.

@@ -11,6 +11,7 @@ sub-item. The per-message PDUs (P-DATA-TF, release, abort) are coded here by han
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 from collections import deque
 from typing import Iterator
@@ -74,7 +75,11 @@ def iter_pdvs(body: bytes | bytearray | memoryview) -> Iterator[tuple[int, int, 
 
 def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview]) -> None:
     """Send every buffer in order with as few ``sendmsg`` calls as the kernel allows (one
-    for a whole message in the usual case; no joining copy)."""
+    for a whole message in the usual case; no joining copy). A TLS socket has no
+    ``sendmsg``: its buffers are joined and sent with ``sendall``."""
+    if isinstance(sock, ssl.SSLSocket):
+        sock.sendall(b"".join(buffers))
+        return
     pending = deque(memoryview(b).cast("B") for b in buffers)
     while pending:
         sent = sock.sendmsg(list(pending)[:512])

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -44,9 +45,9 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from .. import metrics
+from .. import metrics, tls
 from . import command as cmd
-from . import commitment, handlers, pdu
+from . import audit, commitment, handlers, pdu
 from .association import Association, AssociationClosed, ProtocolError, supported_contexts
 from .find import handle_find
 from .get import handle_get
@@ -129,6 +130,8 @@ class AcceptorConfig:
     incoming_dir: str
     supported_contexts: list[PresentationContext] = field(repr=False)
     max_identifier_size: int = MAX_IDENTIFIER_SIZE
+    #: Client certificates bound to AE titles (:func:`pacs.tls.parse_client_aes`).
+    tls_client_aes: Mapping[str, str] = field(default_factory=dict)
 
 
 class DimseServer:
@@ -145,11 +148,15 @@ class DimseServer:
             dimse_timeout=settings.dimse_timeout, network_timeout=settings.network_timeout,
             require_called_ae=settings.require_called_ae, incoming_dir=archive.incoming_dir,
             supported_contexts=supported_contexts(context_table()),
+            tls_client_aes=tls.parse_client_aes(settings.tls_client_aes),
         )
         self.commitment = commitment.CommitmentWorker(archive)
         self.dispatcher = self._dispatcher()
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        #: The DICOM TLS port (PS3.15 B.1): its own listener and acceptor thread.
+        self._tls_listener: socket.socket | None = None
+        self._tls_thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._associations: set[Association] = set()
         self._stopping = threading.Event()
@@ -168,10 +175,30 @@ class DimseServer:
         return dispatcher
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self, host: str | None = None, port: int | None = None) -> tuple[str, int]:
-        """Start listening; returns the bound (host, port) (port 0 picks a free one)."""
+    def start(self, host: str | None = None, port: int | None = None,
+              tls_port: int | None = None) -> tuple[str, int]:
+        """Start listening; returns the bound (host, port) (port 0 picks a free one).
+
+        ``tls_port``: the DICOM TLS port to bind (0 picks a free one); None takes
+        ``dimse_tls_port`` from the settings, where 0 means no TLS port.
+        """
         settings = self.archive.settings
         address = (host or settings.host, settings.dimse_port if port is None else port)
+        self._stopping.clear()
+        self._listener, self._thread = self._listen(address, None)
+        if tls_port is None and settings.dimse_tls_port:
+            tls_port = settings.dimse_tls_port
+        if tls_port is not None:
+            self._tls_listener, self._tls_thread = self._listen((address[0], tls_port), tls.dimse_context(settings))
+            log.info("DICOM TLS listening on %s:%d", address[0], self.tls_port)
+        self.commitment.start()
+        bound = self._listener.getsockname()
+        log.info("DIMSE %s listening on %s:%d", settings.ae_title, bound[0], bound[1])
+        return bound[0], bound[1]
+
+    def _listen(self, address: tuple[str, int],
+                context: ssl.SSLContext | None) -> tuple[socket.socket, threading.Thread]:
+        """A bound listening socket and its running acceptor thread."""
         listener = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if self.reuse_port:
@@ -179,19 +206,20 @@ class DimseServer:
         listener.bind(address)
         listener.listen(128)
         listener.settimeout(0.2)
-        self._listener = listener
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._accept_loop, name="dimse-acceptor", daemon=True)
-        self._thread.start()
-        self.commitment.start()
-        bound = listener.getsockname()
-        log.info("DIMSE %s listening on %s:%d", settings.ae_title, bound[0], bound[1])
-        return bound[0], bound[1]
+        thread = threading.Thread(target=self._accept_loop, args=(listener, context),
+                                  name="dimse-tls-acceptor" if context else "dimse-acceptor", daemon=True)
+        thread.start()
+        return listener, thread
 
     @property
     def port(self) -> int:
         assert self._listener is not None
         return int(self._listener.getsockname()[1])
+
+    @property
+    def tls_port(self) -> int | None:
+        """The bound DICOM TLS port (None when there is none)."""
+        return int(self._tls_listener.getsockname()[1]) if self._tls_listener is not None else None
 
     def active_associations(self) -> int:
         """Established associations (a bare TCP connection that never sent an
@@ -204,10 +232,13 @@ class DimseServer:
         if self._listener is None:
             return
         self._stopping.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._listener.close()
-        self._listener = None
+        for thread in (self._thread, self._tls_thread):
+            if thread is not None:
+                thread.join()
+        for listener in (self._listener, self._tls_listener):
+            if listener is not None:
+                listener.close()
+        self._listener = self._tls_listener = None
         self.commitment.stop()
         deadline = time.monotonic() + timeout
         while self.active_associations() and time.monotonic() < deadline:
@@ -220,11 +251,12 @@ class DimseServer:
             assoc.abort()
 
     # -- associations ------------------------------------------------------------------------
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
+    def _accept_loop(self, listener: socket.socket, context: ssl.SSLContext | None) -> None:
+        """Accept connections; on the TLS port wrap each socket (no I/O here: the
+        handshake runs in the association's thread, so a slow client blocks only itself)."""
         while not self._stopping.is_set():
             try:
-                sock, address = self._listener.accept()
+                sock, address = listener.accept()
             except TimeoutError:
                 continue
             except OSError:
@@ -233,6 +265,8 @@ class DimseServer:
                 log.warning("accept failed", exc_info=True)
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if context is not None:
+                sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             assoc = Association(sock, address[:2], self.config)
             with self._lock:
                 self._associations.add(assoc)
@@ -240,8 +274,10 @@ class DimseServer:
 
     def _serve(self, assoc: Association) -> None:
         try:
+            assoc.handshake()  # TLS port only (PS3.15 B.1)
             if not assoc.negotiate(self.active_associations()):
                 metrics.ASSOCIATIONS_REJECTED.inc()
+                audit.record_refusal(self.archive, assoc.requestor, assoc.rejection)  # audit trail
                 return
             metrics.ASSOCIATIONS_TOTAL.inc()
             metrics.ASSOCIATIONS_ACTIVE.inc()
@@ -255,6 +291,8 @@ class DimseServer:
         except ProtocolError as exc:
             log.info("association from %s aborted: %s", assoc.requestor.ae_title or assoc.address[0], exc)
             assoc.abort(exc.reason)
+        except ssl.SSLError as exc:  # a failed TLS handshake: no certificate, plain DICOM, old TLS
+            log.info("TLS connection from %s failed: %s", assoc.address[0], exc.reason or type(exc).__name__)
         except (OSError, ValueError) as exc:  # timeouts, resets, undecodable negotiation PDUs
             log.info("association from %s ended: %s", assoc.requestor.ae_title or assoc.address[0],
                      type(exc).__name__)

@@ -22,6 +22,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
 from . import command as cmd
+from . import audit
 from .association import Association, Context, Message
 from .status import Status
 
@@ -49,6 +50,10 @@ class DimseRequest:
     message: Message
     archive: Archive
     _identifier: Dataset | None = field(default=None, repr=False)
+    #: Audit trail (pacs/dimse/audit.py): the last status sent, and what handlers learnt of
+    #: the data concerned (e.g. the stored instance's study and patient).
+    last_status: Status | None = field(default=None, repr=False)
+    audit_subjects: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def context(self) -> Context:
@@ -90,6 +95,7 @@ class DimseRequest:
         ``defer``: it may wait for the next response (:meth:`Association.send`)."""
         if isinstance(status, int):
             status = Status(status)
+        self.last_status = status  # audit
         if isinstance(dataset, Dataset):
             dataset = encode_dataset(dataset, self.context.transfer_syntax)
         command = cmd.response(self.command, RESPONSE_FIELD[self.command.field], status.code,
@@ -156,3 +162,5 @@ class Dispatcher:
         finally:
             if message.dataset is not None:
                 message.dataset.discard()
+            if handler is not None:
+                audit.record_request(request)  # audit trail: never raises
