@@ -116,7 +116,7 @@ def build_application(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await asyncio.to_thread(dimse.stop, archive.settings.shutdown_timeout)
-        archive.close()
+        await asyncio.to_thread(archive.close)  # writes the queued audit events: off the loop
 
     app.cleanup_ctx.append(lifecycle)
     return app
