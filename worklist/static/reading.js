@@ -6,6 +6,7 @@
 const api = "/api/reading-worklist";
 const $ = (selector) => document.querySelector(selector);
 let current = null; // study UID open in the editor
+let latestLoad = 0; // loads overlap (filter change, then an action): only the newest may draw
 
 function me() {
   return $("#me").value.trim();
@@ -81,8 +82,10 @@ function actionsCell(row, item) {
 }
 
 async function load() {
+  const ticket = ++latestLoad;
   try {
     const data = await call("GET", `${api}?${query()}`);
+    if (ticket !== latestLoad) return; // a later load was started: its answer is fresher
     const body = $("#worklist tbody");
     body.replaceChildren();
     for (const item of data.items) {
