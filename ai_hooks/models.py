@@ -11,7 +11,7 @@ Deliveries themselves are outbox messages (``pacs/outbox.py``, channel ``ai:<id>
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Float, Integer, String, Text
+from sqlalchemy import Boolean, Float, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pacs.index.models import Base, BigId
@@ -32,6 +32,8 @@ class AISubscription(Base):
     url: Mapped[str] = mapped_column(Text, default="")
     secret: Mapped[str] = mapped_column(String(128), default="")
     ae_title: Mapped[str] = mapped_column(String(16), default="")
+    #: dicom_push sends de-identified copies (PS3.15 E.1, pacs/deidentify.py; migration 0009).
+    deidentify: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)

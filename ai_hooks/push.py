@@ -3,15 +3,18 @@ outbox transport (``OutboxSender.transports``, channel ``ai-push:<id>``).
 
 The outbox gives the push its delivery semantics: claimed once across processes,
 retried with back-off and jitter, dead after ``outbox_max_attempts``, redelivered on
-demand. The push itself reuses the C-MOVE machinery: :func:`pacs.retrieve.plan` for the
+demand. The push itself reuses the C-MOVE machinery: :meth:`pacs.archive.Archive.plan_retrieve` for the
 instances, :func:`pacs.dimse.move.propose_contexts` for the presentation contexts, the
 lean Storage SCU (:class:`pacs.dimse.scu.StoreAssociation`, PS3.4 B.2 C-STORE) and
-:func:`pacs.dimse.suboperations.payload` (as stored, else transcoded).
+:func:`pacs.dimse.suboperations.payload` (as stored, else transcoded). A subscription
+with ``deidentify`` sends each instance de-identified after the transfer syntax is chosen
+(PS3.15 E.1 Basic Application Level Confidentiality Profile, :mod:`pacs.deidentify`),
+under its remapped SOP Instance UID.
 
 Outcome, as an HTTP-like status for the outbox: 200 every instance stored (success or
 warning, PS3.4 B.2.3); 503 the AE cannot be reached or rejects the association, or some
 C-STOREs failed (retried: a resend of what was stored is harmless); 404 the AE is no
-longer registered and 410 the study is gone (dead at once).
+longer registered and 410 the study or the subscription is gone (dead at once).
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import Iterator
 
-from pacs import aes, retrieve
+from pacs import aes, deidentify
+from pacs.access import SYSTEM
 from pacs.archive import Archive
 from pacs.dimse.move import propose_contexts
 from pacs.dimse.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
@@ -30,9 +35,23 @@ from pacs.errors import PacsError
 from pacs.outbox import Message
 from pacs.query import Level, Query
 from pacs.query.matchers import make_matcher
+from pacs.retrieve import RetrieveItem
+
+from .subscriptions import PUSH_CHANNEL, deidentify_of
 
 log = logging.getLogger(__name__)
 SUCCESS = 0x0000
+
+
+def _payload(archive: Archive, item: RetrieveItem, accepted: dict[str, list[str]],
+             remap: deidentify.UidRemapper | None) -> tuple[str, str, Iterator[bytes]]:
+    """(transfer syntax, SOP Instance UID, dataset bytes) of one C-STORE: the object as
+    :func:`payload` gives it, de-identified when ``remap`` is given (PS3.15 E.1)."""
+    syntax, chunks = payload(archive, item, accepted)
+    if remap is None:
+        return syntax, item.sop_instance_uid, chunks
+    data = deidentify.deidentify_dataset_bytes(b"".join(chunks), syntax, remap)
+    return syntax, remap(item.sop_instance_uid), iter([data])
 
 
 def push(archive: Archive, message: Message) -> int:
@@ -42,10 +61,14 @@ def push(archive: Archive, message: Message) -> int:
     entry = aes.get_ae(archive.db, title)
     if entry is None:
         return 404
+    deidentified = deidentify_of(archive.db, int(message.channel.removeprefix(PUSH_CHANNEL)))
+    if deidentified is None:  # the subscription was deleted: its deliveries are dead
+        return 410
+    remap = deidentify.remapper_for(archive) if deidentified else None
     matchers = [make_matcher("StudyInstanceUID", [target["study_uid"]])]
     if target.get("series_uid"):
         matchers.append(make_matcher("SeriesInstanceUID", [target["series_uid"]]))
-    items = retrieve.plan(archive, Query(Level.IMAGE, matchers))
+    items = archive.plan_retrieve(Query(Level.IMAGE, matchers), caller=SYSTEM)  # the subscription's push
     if not items:
         return 410
     settings = archive.settings
@@ -67,9 +90,8 @@ def push(archive: Archive, message: Message) -> int:
     try:
         for msg_id, item in enumerate(items, start=1):
             try:
-                syntax, chunks = payload(archive, item, accepted)
-                code, _ = store.store(by_key[(item.sop_class_uid, syntax)], item.sop_instance_uid, chunks,
-                                      msg_id=msg_id & 0xFFFF)
+                syntax, sop, chunks = _payload(archive, item, accepted, remap)
+                code, _ = store.store(by_key[(item.sop_class_uid, syntax)], sop, chunks, msg_id=msg_id & 0xFFFF)
             except PacsError as exc:
                 log.info("AI push of one instance to %s failed: %s", title, exc.reason)
                 code = -1

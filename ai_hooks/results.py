@@ -25,6 +25,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from sqlalchemy import Connection, insert, select, update
 
+from pacs.access import SYSTEM, Caller, require
 from pacs.archive import Archive
 from pacs.errors import InvalidQuery, NotFound
 from pacs.index.db import Database
@@ -74,8 +75,10 @@ def _evidence(conn: Connection, findings: Findings, images: dict[str, dict[str, 
     return evidence, first.patient_id
 
 
-def submit(archive: Archive, findings: Findings) -> dict[str, Any]:
-    """Store, record, triage and forward one findings document (module doc); its record."""
+def submit(archive: Archive, findings: Findings, caller: Caller = SYSTEM) -> dict[str, Any]:
+    """Store, record, triage and forward one findings document (module doc); its record.
+    ``caller`` needs the ``ai`` scope for the study (pacs/access.py)."""
+    require(caller, "ai", findings.study_uid)
     uids = {f.location.sop_instance_uid for f in findings.findings if f.location}
     with archive.db.read() as conn:
         images = _images(conn, findings.study_uid, uids)
@@ -84,7 +87,7 @@ def submit(archive: Archive, findings: Findings) -> dict[str, Any]:
                 raise InvalidQuery(f"frame {f.location.frame} beyond the frames of {f.location.sop_instance_uid}")
         evidence, patient_id = _evidence(conn, findings, images)
     sr = build_findings_sr(evidence, findings, images)
-    archive.ingest_dataset(sr, source="ai")
+    archive.ingest_dataset(sr, source="ai", caller=caller)
     now = time.time()
     critical = findings.critical
     with archive.db.write() as conn:

@@ -8,13 +8,17 @@ A subscription (``/api/ai/subscriptions``, ai_hooks/web.py) is::
                 "study_description": "*CHEST*", "calling_aes": ["XRAY1"]},
      "delivery": {"type": "webhook", "url": "https://engine/notify", "secret": "..."}
                | {"type": "dicom_push", "ae_title": "AI_SCP"},
+     "deidentify": false,
      "enabled": true}
 
 Each filter list matches when any of its values is present in the study (or the series,
 for ``series_stable``); ``study_description`` is a case-insensitive shell pattern
 (``*``, ``?``); an empty or absent criterion matches anything. A webhook secret is
 generated when none is given and returned once, by the creation. A ``dicom_push`` AE
-must be in the AE registry (``pacs ae add``, ``/api/aes``).
+must be in the AE registry (``pacs ae add``, ``/api/aes``). ``deidentify`` (``dicom_push``
+only) sends every instance de-identified by the PS3.15 E.1 Basic Application Level
+Confidentiality Profile (:mod:`pacs.deidentify`); a webhook engine asks for that itself,
+by retrieving with ``?deidentify=basic``.
 """
 
 from __future__ import annotations
@@ -99,11 +103,15 @@ def _values(db: Database, body: Any) -> dict[str, Any]:
     trigger = body.get("trigger", "study_stable")
     if trigger not in TRIGGERS:
         raise InvalidQuery(f"trigger must be one of {', '.join(TRIGGERS)}")
-    enabled = body.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise InvalidQuery("enabled must be true or false")
+    enabled, deidentify = body.get("enabled", True), body.get("deidentify", False)
+    if not isinstance(enabled, bool) or not isinstance(deidentify, bool):
+        raise InvalidQuery("enabled and deidentify must be true or false")
+    delivery = _delivery(db, body.get("delivery"))
+    if deidentify and delivery["delivery"] != "dicom_push":
+        raise InvalidQuery("deidentify applies to dicom_push deliveries; a webhook engine retrieves "
+                           "with ?deidentify=basic (PS3.15 E.1 Basic Application Level Confidentiality Profile)")
     return {"name": name.strip(), "trigger": trigger, "filter": json.dumps(parse_filter(body.get("filter"))),
-            "enabled": enabled, **_delivery(db, body.get("delivery"))}
+            "enabled": enabled, "deidentify": deidentify, **delivery}
 
 
 def as_json(row: Any, with_secret: bool = False) -> dict[str, Any]:
@@ -115,7 +123,7 @@ def as_json(row: Any, with_secret: bool = False) -> dict[str, Any]:
     else:
         delivery["ae_title"] = row.ae_title
     return {"id": row.id, "name": row.name, "trigger": row.trigger, "filter": json.loads(row.filter),
-            "delivery": delivery, "enabled": row.enabled, "channel": channel(row.id, row.delivery),
+            "delivery": delivery, "deidentify": bool(row.deidentify), "enabled": row.enabled, "channel": channel(row.id, row.delivery),
             "created_at": row.created_at, "updated_at": row.updated_at}
 
 
@@ -168,6 +176,13 @@ def remove(db: Database, sub_id: int) -> None:
                                                  OutboxMessage.status == outbox.PENDING)
                      .values(status=outbox.DEAD, last_error="subscription deleted"))
         conn.execute(delete(AISubscription).where(AISubscription.id == sub_id))
+
+
+def deidentify_of(db: Database, sub_id: int) -> bool | None:
+    """Whether a subscription's deliveries are de-identified; None when it is gone."""
+    with db.read() as conn:
+        found = conn.execute(select(AISubscription.deidentify).where(AISubscription.id == sub_id)).scalar()
+    return None if found is None else bool(found)
 
 
 def secret_of(db: Database, sub_id: int) -> str | None:

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from pacs import outbox
 from pacs.archive import Archive
+from pacs.auth import caller_of
 from pacs.errors import InvalidQuery
 from pacs.web import ARCHIVE, MAX_CHANGES, _int_param, run_blocking
 
@@ -120,7 +121,7 @@ async def post_results(request: web.Request) -> web.Response:
     parsed = findings_doc.parse(await _json(request))
     if claims is not None and claims.study_uid != parsed.study_uid:
         raise tokens.Forbidden("this token opens another study")
-    record = await run_blocking(results.submit, archive, parsed)
+    record = await run_blocking(results.submit, archive, parsed, caller_of(request))
     return web.json_response(record, status=201, headers={"Location": f"{PREFIX}/results/{record['id']}"})
 
 

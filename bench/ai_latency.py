@@ -149,7 +149,7 @@ def main() -> None:
     hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     with tempfile.TemporaryDirectory() as tmp, scratch_schema(args.database_url) as database_url:
-        env = {"PACS_DATA_DIR": str(Path(tmp) / "data"), "PACS_DATABASE_URL": database_url,
+        env = {"PACS_RATE_LIMIT_PER_SECOND": "0", "PACS_DATA_DIR": str(Path(tmp) / "data"), "PACS_DATABASE_URL": database_url,
                "PACS_STABLE_SECONDS": str(args.quiet), "PACS_STABILITY_CHECK_INTERVAL": "0.1"}
         server = ProcessServer(env, Path(tmp)).start()
         base = f"http://127.0.0.1:{server.http_port}"

@@ -175,7 +175,7 @@ def main() -> int:
         archive.close()
         print(f"filled {args.studies} studies + a {args.series_instances}-slice CT series "
               f"in {time.perf_counter() - started:.1f} s")
-        env = {"PACS_DATA_DIR": str(Path(tmp) / "data"), "PACS_DATABASE_URL": args.database_url}
+        env = {"PACS_RATE_LIMIT_PER_SECOND": "0", "PACS_DATA_DIR": str(Path(tmp) / "data"), "PACS_DATABASE_URL": args.database_url}
         server = ProcessServer(env, Path(tmp)).start()  # the server in its own process, as deployed
         try:
             results = measure(server.http_port, args, study, series, sops)

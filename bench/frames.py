@@ -43,7 +43,7 @@ def run_store(name: str, tmp: Path, args: argparse.Namespace, extra_env: dict[st
     archive = Archive(settings)
     study, series, sops = fill_series(archive, args.instances, args.seed)
     archive.close()
-    env = {"PACS_DATA_DIR": str(data), "PACS_DATABASE_URL": args.database_url, **extra_env}
+    env = {"PACS_RATE_LIMIT_PER_SECOND": "0", "PACS_DATA_DIR": str(data), "PACS_DATABASE_URL": args.database_url, **extra_env}
     server = ProcessServer(env, tmp).start()
     try:
         client = Client(server.http_port)

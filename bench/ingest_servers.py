@@ -125,7 +125,7 @@ class ServerProcess:
             cmd = [sys.executable, str(BENCH_DIR / "baseline_scp.py"), "--port", str(self.dimse_port),
                    "--out", str(self.out_dir), "--ae-title", self.ae_title]
             return cmd, {**env, **self.env_extra}
-        env.update({"PACS_DATA_DIR": str(self.out_dir), "PACS_HOST": "127.0.0.1",
+        env.update({"PACS_RATE_LIMIT_PER_SECOND": "0", "PACS_DATA_DIR": str(self.out_dir), "PACS_HOST": "127.0.0.1",
                     "PACS_DIMSE_PORT": str(self.dimse_port), "PACS_HTTP_PORT": str(self.http_port),
                     "PACS_AE_TITLE": self.ae_title})
         env.update(self.env_extra)

@@ -177,7 +177,7 @@ def main() -> int:
         fill(archive, args.studies, args.seed)
         archive.close()
         print(f"filled {args.studies} studies in {time.perf_counter() - started:.1f} s")
-        env = {"PACS_DATA_DIR": str(Path(tmp) / "data"), "PACS_DATABASE_URL": args.database_url}
+        env = {"PACS_RATE_LIMIT_PER_SECOND": "0", "PACS_DATA_DIR": str(Path(tmp) / "data"), "PACS_DATABASE_URL": args.database_url}
         server = ProcessServer(env, Path(tmp)).start()  # the server in its own process, as deployed
         try:
             clients = ["pynetdicom", "lean"] if args.client == "both" else [args.client]

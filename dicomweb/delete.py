@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from pacs.auth import caller_of
 from pacs.errors import NotFound, PacsError
 from pacs.web import ARCHIVE, run_blocking
 
@@ -43,8 +44,8 @@ async def delete_resource(request: web.Request) -> web.Response:
     uids = path_uids(dict(request.match_info))
     target_query(uids)  # malformed UIDs: InvalidQuery (400), as in QIDO-RS and WADO-RS
     try:
-        await run_blocking(archive.delete, uids["StudyInstanceUID"], uids.get("SeriesInstanceUID"),
-                           uids.get("SOPInstanceUID"))
+        await run_blocking(lambda: archive.delete(uids["StudyInstanceUID"], uids.get("SeriesInstanceUID"),
+                                                  uids.get("SOPInstanceUID"), caller=caller_of(request)))
     except NotFound:
         raise not_found(uids) from None
     return web.Response(status=204)

@@ -29,6 +29,8 @@ from aiohttp import web
 from pydicom.uid import ExplicitVRBigEndian
 
 from pacs import frames
+from pacs.access import Caller
+from pacs.auth import caller_of
 from pacs.errors import NotAcceptable, NotFound, PacsError
 from pacs.web import ARCHIVE, run_blocking
 
@@ -164,10 +166,10 @@ def _ranged(choice: Choice, data: bytes, range_header: str | None) -> Answer:
 
 
 def frames_answer(archive: Any, info: dict[str, str], accept_header: str | None,
-                  range_header: str | None) -> Answer:
+                  range_header: str | None, caller: Caller) -> Answer:
     """Retrieve Frames (blocking): one SELECT, then one ranged read per frame."""
     numbers = frames.parse_frame_list(info["frames"])
-    source = frames.locate(archive, info["study"], info["series"], info["sop"])
+    source = archive.locate(info["study"], info["series"], info["sop"], caller=caller)
     frames.check_frames(source, numbers)
     return _frames_of(archive, source, numbers, accept_header, range_header)
 
@@ -184,9 +186,9 @@ def _frames_of(archive: Any, source: frames.PixelSource, numbers: list[int], acc
 
 
 def bulk_answer(archive: Any, info: dict[str, str], accept_header: str | None,
-                range_header: str | None) -> Answer:
+                range_header: str | None, caller: Caller) -> Answer:
     """Retrieve Bulkdata (blocking): the value of ``bulk/<n>`` or ``bulk/pixeldata``."""
-    source = frames.locate(archive, info["study"], info["series"], info["sop"])
+    source = archive.locate(info["study"], info["series"], info["sop"], caller=caller)
     name = info["bulk"]
     if name == "pixeldata":
         if source.frames == 0:
@@ -240,7 +242,8 @@ def multipart_response(parts: list[bytes], media_type: str, part_type: str) -> w
 async def _serve(request: web.Request, job: Callable[..., Answer]) -> web.Response:
     try:
         answer = await run_blocking(job, request.app[ARCHIVE], dict(request.match_info),
-                                    request.headers.get("Accept"), request.headers.get("Range"))
+                                    request.headers.get("Accept"), request.headers.get("Range"),
+                                    caller_of(request))
     except RangeNotSatisfiable as exc:
         # 416 carries Content-Range: bytes */size (RFC 9110 15.5.17), which the error
         # middleware's JSON answers cannot add.

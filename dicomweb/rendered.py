@@ -23,6 +23,8 @@ from typing import Any, Callable, Mapping
 from aiohttp import web
 
 from pacs import frames, render
+from pacs.access import Caller
+from pacs.auth import caller_of
 from pacs.errors import InvalidQuery, NotAcceptable, NotFound
 from pacs.web import ARCHIVE, run_blocking
 
@@ -116,14 +118,15 @@ def options_from(query: Mapping[str, str], media_type: str, *, thumbnail: bool =
                                 parse_quality(query.get("quality")))
 
 
-def _targets(archive: Any, info: dict[str, str], thumbnail: bool, every: bool) -> list[tuple[frames.PixelSource, int]]:
+def _targets(archive: Any, info: dict[str, str], thumbnail: bool, every: bool,
+             caller: Caller) -> list[tuple[frames.PixelSource, int]]:
     """(instance, frame number) pairs to render for the target resource."""
     if "sop" in info:
-        source = frames.locate(archive, info["study"], info["series"], info["sop"])
+        source = archive.locate(info["study"], info["series"], info["sop"], caller=caller)
         numbers = frames.parse_frame_list(info["frames"]) if "frames" in info else [1]
         frames.check_frames(source, numbers)
         return [(source, n) for n in (numbers[:1] if thumbnail else numbers)]
-    images = [s for s in frames.instances_of(archive, info["study"], info.get("series")) if s.frames]
+    images = [s for s in archive.instances_of(info["study"], info.get("series"), caller=caller) if s.frames]
     if not images:
         raise NotFound("no instance with pixel data in the target resource")
     if every:
@@ -135,18 +138,19 @@ def _targets(archive: Any, info: dict[str, str], thumbnail: bool, every: bool) -
 
 
 def rendered_job(archive: Any, info: dict[str, str], query: Mapping[str, str], accept_header: str | None,
-                 thumbnail: bool) -> tuple[RenderedChoice, list[bytes]]:
+                 thumbnail: bool, caller: Caller) -> tuple[RenderedChoice, list[bytes]]:
     """Negotiate, find and render (blocking)."""
     parts = len(frames.parse_frame_list(info["frames"])) if "frames" in info and not thumbnail else 1
     choice = choose(query.get("accept") or accept_header, parts_allowed=not thumbnail, parts=parts)
     options = options_from(query, choice.media_type, thumbnail=thumbnail)
-    targets = _targets(archive, info, thumbnail, every=choice.multipart and "sop" not in info)
+    targets = _targets(archive, info, thumbnail, choice.multipart and "sop" not in info, caller)
     return choice, [render.render(archive, source, n, options) for source, n in targets]
 
 
 async def _serve(request: web.Request, thumbnail: bool) -> web.Response:
     choice, images = await run_blocking(rendered_job, request.app[ARCHIVE], dict(request.match_info),
-                                        dict(request.query), request.headers.get("Accept"), thumbnail)
+                                        dict(request.query), request.headers.get("Accept"), thumbnail,
+                                        caller_of(request))
     if choice.multipart:
         return multipart_response(images, choice.media_type, choice.media_type)
     return web.Response(body=images[0], headers={"Content-Type": choice.media_type})

@@ -17,9 +17,11 @@ from typing import Any, Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from pacs.access import Caller
 from pacs.archive import Archive
-from pacs.query import Level, search
+from pacs.auth import caller_of
 from pacs.errors import NotAcceptable
+from pacs.query import Level
 from pacs.web import ARCHIVE, run_blocking
 
 from . import accept, capabilities, delete, frames, qido, rendered, stow, wado, wado_uri
@@ -41,11 +43,11 @@ OVER_MAXIMUM = ("The number of results exceeded the maximum supported by the ser
                 "({}). Additional results can be requested")
 
 
-def _answer(archive: Archive, parsed: qido.QidoRequest, base: str) -> tuple[bytes, bool]:
+def _answer(archive: Archive, parsed: qido.QidoRequest, base: str, caller: Caller) -> tuple[bytes, bool]:
     """Run the search and encode the page (blocking: called in the executor). Returns the
     JSON array and whether more matches exist beyond it."""
     level = parsed.query.level
-    matches = list(search(archive.db, parsed.query, parsed.tags))
+    matches = archive.search(parsed.query, parsed.tags, caller=caller)
     wanted = None if parsed.tags is None else frozenset(parsed.tags)
     page = [qido.shape(level, m.json, wanted, base) for m in matches[:parsed.page]]
     return orjson.dumps(page), len(matches) > parsed.page  # UTF-8, ~5x json.dumps
@@ -59,7 +61,8 @@ async def qido_search(request: web.Request, level: Level) -> web.Response:
     if not accept.accepts_json(request.headers.get("Accept")):
         raise NotAcceptable(f"QIDO-RS answers {DICOM_JSON} only, not {request.headers['Accept']}")
     parsed = qido.parse(level, request.query.items(), wado.path_uids(dict(request.match_info)))
-    body, more = await run_blocking(_answer, request.app[ARCHIVE], parsed, wado.base_url(request))
+    body, more = await run_blocking(_answer, request.app[ARCHIVE], parsed, wado.base_url(request),
+                                    caller_of(request))
     texts = list(parsed.warnings)
     if more:
         texts.append(MORE_RESULTS if parsed.limit_given else OVER_MAXIMUM.format(parsed.page))

@@ -45,7 +45,9 @@ from aiohttp.helpers import parse_mimetype
 from aiohttp.http_exceptions import BadHttpMessage
 from pydicom import dcmread
 
+from pacs.access import Caller
 from pacs.archive import Archive
+from pacs.auth import caller_of
 from pacs.errors import (
     Conflict, MalformedRequest, NotAcceptable, PacsError, PayloadTooLarge, StorageUnavailable,
     UnsupportedMediaType,
@@ -290,7 +292,8 @@ def identify(head: bytes) -> tuple[str, str]:
     return cls, sop
 
 
-def ingest_part(archive: Archive, spool: Spool, tail: list[bytes], study: str | None) -> PartOutcome:
+def ingest_part(archive: Archive, spool: Spool, tail: list[bytes], study: str | None,
+                caller: Caller) -> PartOutcome:
     """Write the rest of the part and hand the spool to the one ingest path (blocking).
     Never raises: a refusal becomes a failed outcome; once ingest owns the spool it
     removes (or deliberately keeps) it."""
@@ -300,7 +303,7 @@ def ingest_part(archive: Archive, spool: Spool, tail: list[bytes], study: str | 
         spool.close()
         handed = True
         result = archive.ingest_file(spool.path, source=SOURCE, consume=True,
-                                     sha256=spool.digest.hexdigest(), expected_study=study)
+                                     sha256=spool.digest.hexdigest(), expected_study=study, caller=caller)
         return PartOutcome(result.sop_class_uid, result.sop_instance_uid, result=result)
     except PacsError as exc:
         code, reason = exc.dimse_status, exc.reason
@@ -329,7 +332,7 @@ async def receive(request: web.Request, kind: str, study: str | None, budget: Bu
     """Read and store every part; ingests overlap reading, at most :data:`PIPELINE` at
     once. Waits for every started ingest before returning (or re-raising a lost
     connection), so the answer lists everything that was stored."""
-    archive = request.app[ARCHIVE]
+    archive, caller = request.app[ARCHIVE], caller_of(request)
     window = asyncio.Semaphore(PIPELINE)
     started: list[asyncio.Future[PartOutcome]] = []
     received = Received()
@@ -347,7 +350,7 @@ async def receive(request: web.Request, kind: str, study: str | None, budget: Bu
                     await run_blocking(spool.discard)
                     raise
                 await window.acquire()
-                future = asyncio.ensure_future(run_blocking(ingest_part, archive, spool, tail, study))
+                future = asyncio.ensure_future(run_blocking(ingest_part, archive, spool, tail, study, caller))
                 future.add_done_callback(lambda _done: window.release())
                 started.append(future)
     except PacsError as exc:

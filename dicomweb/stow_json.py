@@ -33,6 +33,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pacs.archive import Archive
 from pacs.errors import InvalidInstance, MalformedRequest, PacsError, UnsupportedMediaType
 from pacs.uids import lenient_uid
+from pacs.access import Caller
+from pacs.auth import caller_of
 from pacs.web import ARCHIVE, run_blocking
 
 from . import accept
@@ -133,7 +135,8 @@ def build_instance(obj: dict[str, Any], bulk: dict[str, Spool], folder: str) -> 
     return spool
 
 
-def store_one(archive: Archive, obj: dict[str, Any], bulk: dict[str, Spool], study: str | None) -> PartOutcome:
+def store_one(archive: Archive, obj: dict[str, Any], bulk: dict[str, Spool], study: str | None,
+              caller: Caller) -> PartOutcome:
     """Build and ingest one instance (blocking); never raises."""
     try:
         spool = build_instance(obj, bulk, archive.incoming_dir)
@@ -141,7 +144,7 @@ def store_one(archive: Archive, obj: dict[str, Any], bulk: dict[str, Spool], stu
         log.info("STOW-RS: instance refused: %s (0x%04X)", exc.reason, exc.dimse_status)
         return PartOutcome(_uid(obj, "00080016"), _uid(obj, "00080018"),
                            failure_reason=exc.dimse_status, reason=exc.reason)
-    return ingest_part(archive, spool, [], study)
+    return ingest_part(archive, spool, [], study, caller)
 
 
 async def receive_metadata(request: web.Request, study: str | None, budget: Budget) -> Received:
@@ -162,7 +165,7 @@ async def receive_metadata(request: web.Request, study: str | None, budget: Budg
         if instances is None:
             raise MalformedRequest("the request holds no metadata part")
         for obj in instances:
-            received.outcomes.append(await run_blocking(store_one, archive, obj, bulk, study))
+            received.outcomes.append(await run_blocking(store_one, archive, obj, bulk, study, caller_of(request)))
     except PacsError as exc:
         received.abort = exc
     finally:

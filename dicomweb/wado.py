@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -28,10 +29,14 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterable
 
 from aiohttp import web
+
+from pacs import deidentify
+from pacs.access import Caller
 from pacs.archive import Archive
-from pacs.errors import NotAcceptable, NotFound, StorageUnavailable
+from pacs.auth import caller_of
+from pacs.errors import InvalidQuery, NotAcceptable, NotFound, StorageUnavailable
 from pacs.query import Level, Query, make_matcher
-from pacs.retrieve import MetadataRow, RetrieveItem, instance_metadata, plan, transcoded_part10
+from pacs.retrieve import MetadataRow, RetrieveItem, transcoded_part10
 from pacs.storage import BlobNotFound
 from pacs.web import ARCHIVE, run_blocking
 
@@ -117,15 +122,17 @@ async def retrieve_metadata(request: web.Request) -> web.Response:
     406 when the Accept header excludes DICOM JSON."""
     if not accept.accepts_json(request.headers.get("Accept")):
         raise NotAcceptable(f"metadata is answered as {accept.DICOM_JSON} only")
+    if deidentify.PARAMETER in request.query:  # never answer identified data to a de-identified ask
+        raise InvalidQuery(f"{deidentify.PARAMETER} applies to study, series and instance retrieves only")
     uids = path_uids(dict(request.match_info))
     query, base = target_query(uids), base_url(request)
-    archive = request.app[ARCHIVE]
+    archive, caller = request.app[ARCHIVE], caller_of(request)
     if request.headers.get("If-None-Match"):
-        current = await run_blocking(instance_metadata, archive, query, False)
+        current = await run_blocking(lambda: archive.instance_metadata(query, caller=caller, with_json=False))
         etag = metadata_etag(current, base)
         if current and etag_matches(request.headers.get("If-None-Match"), etag):
             return web.Response(status=304, headers={"ETag": etag})
-    rows = await run_blocking(instance_metadata, archive, query)
+    rows = await run_blocking(lambda: archive.instance_metadata(query, caller=caller))
     if not rows:
         raise not_found(uids)
     body = await run_blocking(metadata_body, rows, base)
@@ -146,11 +153,11 @@ def base_url(request: web.Request) -> str:
 
 
 # -- instances -------------------------------------------------------------------------
-def _plan_parts(archive: Archive, query: Query, wanted: list[str]) -> list[tuple[RetrieveItem, str]]:
+def _plan_parts(archive: Archive, query: Query, wanted: list[str], caller: Caller) -> list[tuple[RetrieveItem, str]]:
     """Each instance with the syntax it is sent in (blocking); 406 before anything is
     sent when one of them cannot be sent in any acceptable syntax (PS3.18 8.7.4)."""
     parts = []
-    for item in plan(archive, query):
+    for item in archive.plan_retrieve(query, caller=caller):
         syntax = accept.negotiate(item.transfer_syntax_uid, wanted)
         if syntax is None:
             raise NotAcceptable(
@@ -193,6 +200,18 @@ def open_part(archive: Archive, item: RetrieveItem, syntax: str) -> PartSource:
         return PartSource(item, syntax, stream=archive.store.open(item.blob_key))
     except BlobNotFound:
         raise StorageUnavailable(f"object of {item.sop_instance_uid} missing from the store") from None
+
+
+def open_deidentified_part(remap: deidentify.UidRemapper, archive: Archive, item: RetrieveItem,
+                           syntax: str) -> PartSource:
+    """``item``'s part in ``syntax`` (chosen as without de-identification), then
+    de-identified by PS3.15 E.1 (:mod:`pacs.deidentify`); held in memory (blocking)."""
+    source = open_part(archive, item, syntax)
+    try:
+        data = source.stream.read() if source.stream is not None else source.data
+    finally:
+        source.close()
+    return PartSource(item, syntax, data=deidentify.deidentify_part10(data, remap))
 
 
 def _part_head(boundary: str, syntax: str) -> bytes:
@@ -255,14 +274,14 @@ class Sender:
 
 
 async def _write_parts(sender: Sender, archive: Archive, first: PartSource,
-                       rest: list[tuple[RetrieveItem, str]]) -> None:
+                       rest: list[tuple[RetrieveItem, str]], opener: Callable[..., PartSource] = open_part) -> None:
     """Every part, then the close delimiter; a failure closes the connection unfinished."""
     source: PartSource | None = first
     try:
         await sender.part(first)
         for item, syntax in rest:
             source = None
-            source = await run_blocking(open_part, archive, item, syntax)
+            source = await run_blocking(opener, archive, item, syntax)
             await sender.part(source)
     except ConnectionError:  # the client went away: nothing more to send
         log.info("WADO-RS: the client closed the connection during a retrieve")
@@ -285,16 +304,21 @@ async def retrieve_instances(request: web.Request) -> web.StreamResponse:
     object missing) cannot change the status any more: the connection is closed before
     the close delimiter, which the client sees as a truncated message. Objects sent as
     stored from the folder store go by ``sendfile`` with an exact ``Content-Length``;
-    otherwise the body is chunked."""
+    otherwise the body is chunked. ``?deidentify=basic`` sends each instance
+    de-identified (PS3.15 E.1, :mod:`pacs.deidentify`); any other value is 400."""
+    deidentified = deidentify.requested(request.query.getall(deidentify.PARAMETER, []))
     wanted = accept.dicom_syntaxes(request.headers.get("Accept"))
     if not wanted:
         raise NotAcceptable(f'instances are answered as multipart/related; type="{accept.DICOM}" only')
     uids = path_uids(dict(request.match_info))
     archive = request.app[ARCHIVE]
-    parts = await run_blocking(_plan_parts, archive, target_query(uids), wanted)
+    parts = await run_blocking(_plan_parts, archive, target_query(uids), wanted, caller_of(request))
     if not parts:
         raise not_found(uids)
-    first = await run_blocking(open_part, archive, *parts[0])
+    opener: Callable[..., PartSource] = open_part
+    if deidentified:
+        opener = functools.partial(open_deidentified_part, await run_blocking(deidentify.remapper_for, archive))
+    first = await run_blocking(opener, archive, *parts[0])
     boundary = uuid.uuid4().hex
     length = zero_copy_length(parts, first, boundary)
     resp = web.StreamResponse(headers={
@@ -309,7 +333,7 @@ async def retrieve_instances(request: web.Request) -> web.StreamResponse:
     if request.method == "HEAD":
         await run_blocking(first.close)
         return resp
-    await _write_parts(Sender(request, resp, boundary, length is not None), archive, first, parts[1:])
+    await _write_parts(Sender(request, resp, boundary, length is not None), archive, first, parts[1:], opener)
     return resp
 
 

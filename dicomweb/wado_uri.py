@@ -24,6 +24,8 @@ from typing import Any, Callable, Mapping
 from aiohttp import web
 
 from pacs import frames, render
+from pacs.access import Caller
+from pacs.auth import caller_of
 from pacs.errors import InvalidQuery, NotAcceptable
 from pacs.retrieve import RetrieveItem
 from pacs.web import ARCHIVE, run_blocking
@@ -88,13 +90,13 @@ def image_options(query: Mapping[str, str], media_type: str) -> render.RenderOpt
     return render.RenderOptions(media_type, _window(query), viewport, quality)
 
 
-def wado_uri_job(archive: Any, query: Mapping[str, str]) -> tuple[str, bytes | wado.PartSource]:
+def wado_uri_job(archive: Any, query: Mapping[str, str], caller: Caller) -> tuple[str, bytes | wado.PartSource]:
     """Validate, locate and produce the answer (blocking): (Content-Type, body), the body
     an image's bytes or the object to stream."""
     if query.get("requestType") != "WADO":
         raise InvalidQuery("requestType must be WADO (PS3.18 9.1.2.1.1)")
     uids = [_required(query, name) for name in ("studyUID", "seriesUID", "objectUID")]
-    source = frames.locate(archive, *uids)
+    source = archive.locate(*uids, caller=caller)
     media_type = _content_type(query, source.frames > 0)
     if media_type == DICOM:
         return _part10(archive, source, query.get("transferSyntax", "").strip())
@@ -115,7 +117,8 @@ def _part10(archive: Any, source: frames.PixelSource, syntax: str) -> tuple[str,
 
 async def retrieve(request: web.Request) -> web.Response:
     """GET ``/wado`` (PS3.18 9): 200 with the object or image; 400, 404, 406."""
-    content_type, body = await run_blocking(wado_uri_job, request.app[ARCHIVE], dict(request.query))
+    content_type, body = await run_blocking(wado_uri_job, request.app[ARCHIVE], dict(request.query),
+                                            caller_of(request))
     if isinstance(body, bytes):
         return web.Response(body=body, headers={"Content-Type": content_type})
     return await _stream(request, content_type, body)

@@ -18,7 +18,7 @@ from .index.db import Database
 from .index.models import RemoteAE
 
 #: What a remote AE can ask of us; each has an ``allow_<name>`` column in ``remote_ae``.
-OPERATIONS = ("echo", "store", "find", "move", "get", "commitment")
+OPERATIONS = ("echo", "store", "find", "move", "get", "commitment", "mwl", "mpps")
 
 _generation = itertools.count(1)
 _current_generation = 0

@@ -12,6 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .access import SYSTEM, Caller, confine, require
 from .errors import StorageUnavailable
 from .events import ChangeEvent, read_changes, sweep_stable
 from .index.db import Database
@@ -24,6 +25,10 @@ from .storage import BlobStore, FolderStore, open_blob_store
 if TYPE_CHECKING:
     from .audit import AuditTrail
     from .dimse.policy import AEPolicy
+    from .frames import PixelSource
+    from .query import Query
+    from .query.run import Match
+    from .retrieve import MetadataRow, RetrieveItem
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +63,60 @@ class Archive:
         path.mkdir(parents=True, exist_ok=True)
         return str(path)
 
-    # -- ingest -------------------------------------------------------------------
-    def ingest_file(self, path: str | os.PathLike[str], **kwargs) -> IngestResult:  # type: ignore[no-untyped-def]
+    # -- ingest (every door's one path; the caller needs the source's scope) ------------
+    def ingest_file(self, path: str | os.PathLike[str], *, caller: Caller = SYSTEM,
+                    **kwargs) -> IngestResult:  # type: ignore[no-untyped-def]
         """Ingest a Part 10 file (see :func:`pacs.ingest.ingest_file`)."""
-        return ingest_file(self, path, **kwargs)
+        return ingest_file(self, path, caller=caller, **kwargs)
 
-    def ingest_bytes(self, data: bytes, **kwargs) -> IngestResult:  # type: ignore[no-untyped-def]
+    def ingest_bytes(self, data: bytes, *, caller: Caller = SYSTEM, **kwargs) -> IngestResult:  # type: ignore[no-untyped-def]
         """Ingest a Part 10 object held in memory."""
-        return ingest_bytes(self, data, **kwargs)
+        return ingest_bytes(self, data, caller=caller, **kwargs)
 
-    def ingest_dataset(self, ds, *, source: str) -> IngestResult:  # type: ignore[no-untyped-def]
+    def ingest_dataset(self, ds, *, source: str, caller: Caller = SYSTEM) -> IngestResult:  # type: ignore[no-untyped-def]
         """Ingest a data set the archive made (see :func:`pacs.ingest.ingest_dataset`)."""
-        return ingest_dataset(self, ds, source=source)
+        return ingest_dataset(self, ds, source=source, caller=caller)
 
-    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None):  # type: ignore[no-untyped-def]
-        """Delete a study, a series or an instance (see :mod:`pacs.delete`)."""
+    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
+               caller: Caller):  # type: ignore[no-untyped-def]
+        """Delete a study, a series or an instance (see :mod:`pacs.delete`); needs ``delete``."""
         from .delete import delete_objects
 
+        require(caller, "delete", study_uid)
         return delete_objects(self, study_uid, series_uid, sop_uid)
+
+    # -- query and retrieve, for a caller (pacs/access.py) -------------------------------
+    def search(self, query: Query, tags: list[str] | None = None, *, caller: Caller) -> list[Match]:
+        """Matches of ``query`` (PS3.4 C.2.2.2 matching, :func:`pacs.query.run.search`)."""
+        from .query.run import search
+
+        return list(search(self.db, confine(caller, query), tags))
+
+    def plan_retrieve(self, query: Query, *, caller: Caller) -> list[RetrieveItem]:
+        """The instances a retrieve of ``query`` sends, in order (:func:`pacs.retrieve.plan`)."""
+        from .retrieve import plan
+
+        return plan(self, confine(caller, query))
+
+    def instance_metadata(self, query: Query, *, caller: Caller, with_json: bool = True) -> list[MetadataRow]:
+        """Stored DICOM JSON of the instances ``query`` selects (WADO-RS metadata)."""
+        from .retrieve import instance_metadata
+
+        return instance_metadata(self, confine(caller, query), with_json)
+
+    def locate(self, study: str, series: str, sop: str, *, caller: Caller) -> PixelSource:
+        """One instance's pixel and bulk data locations (:func:`pacs.frames.locate`)."""
+        from .frames import locate
+
+        require(caller, "read", study)
+        return locate(self, study, series, sop)
+
+    def instances_of(self, study: str, series: str | None = None, *, caller: Caller) -> list[PixelSource]:
+        """The pixel data sources of a study or series (:func:`pacs.frames.instances_of`)."""
+        from .frames import instances_of
+
+        require(caller, "read", study)
+        return instances_of(self, study, series)
 
     # -- events -------------------------------------------------------------------
     def changes(self, since: int, limit: int) -> list[ChangeEvent]:

@@ -25,14 +25,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable, Optional
+from typing import Awaitable, Callable
 
 import jwt
 from aiohttp import web
 
 from . import api_tokens
+from .access import ANONYMOUS, NOBODY, Caller
 from .scopes import PUBLIC, SCOPES, required_scope
 from .settings import Settings
 
@@ -46,18 +46,14 @@ SYMMETRIC = ["HS256", "HS384", "HS512"]
 LEEWAY_SECONDS = 30
 
 
-@dataclass(frozen=True)
-class Principal:
-    """The caller of a request: ``kind`` is anonymous, jwt, api-token or study-token."""
-
-    subject: str
-    kind: str
-    scopes: frozenset[str]
-    study: Optional[str] = None
-    token_id: Optional[str] = None
+#: The caller of a request (pacs/access.py): the archive service authorises it again.
+Principal = Caller
 
 
-ANONYMOUS = Principal("anonymous", "anonymous", frozenset(SCOPES))
+def caller_of(request: web.Request) -> Caller:
+    """The authenticated caller of ``request``, for the archive service calls it makes;
+    :data:`~pacs.access.NOBODY` (no scope) if authentication never ran."""
+    return request.get("principal", NOBODY)
 Verifier = Callable[[web.Request, str], Awaitable[Principal]]
 #: Bearer-token prefix -> verifier (raises :class:`InvalidCredentials`), added by doors.
 TOKEN_VERIFIERS = web.AppKey("token_verifiers", dict)

@@ -32,6 +32,7 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, UID
 from sqlalchemy import select
 
+from .decode_guard import check_frame
 from .dicom_json import dataset_to_json_dict
 from .errors import InvalidQuery, NotFound, PacsError, StorageUnavailable
 from .index.models import Instance, Series, Study
@@ -268,9 +269,12 @@ def decoded_frame_array(archive: Any, source: PixelSource, number: int, *, as_rg
     from pydicom.pixels import get_decoder, pixel_array
 
     syntax = UID(source.transfer_syntax_uid)
+    limit = archive.settings.max_decoded_bytes
+    check_frame(source.attributes, None, limit)
     try:
         if source.compressed and source.frame_ranges is not None and source.frame_ranges[number - 1]:
             encoded = stored_frame(archive, source, number)
+            check_frame(source.attributes, encoded, limit)
             decoder = get_decoder(syntax)
             array, _ = decoder.as_array(encapsulate([encoded]), index=0, raw=not as_rgb,
                                         **decode_options(source))  # type: ignore[arg-type]
@@ -280,6 +284,8 @@ def decoded_frame_array(archive: Any, source: PixelSource, number: int, *, as_rg
             options = {**decode_options(source)}
             array, _ = get_decoder(ExplicitVRLittleEndian).as_array(data, index=0, raw=not as_rgb, **options)
             return array
+        if source.compressed:  # the codestream's own header, before the decoder trusts it
+            check_frame(source.attributes, stored_frame(archive, source, number), limit)
         return pixel_array(load_dataset(archive, source), index=number - 1, raw=not as_rgb)
     except PacsError:
         raise

@@ -39,7 +39,8 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import metrics
-from .errors import DuplicateConflict, PacsError, SOPClassMismatch, StorageUnavailable, StudyMismatch
+from .access import SYSTEM, Caller, ingest_scope, require
+from .errors import Conflict, DuplicateConflict, PacsError, SOPClassMismatch, StorageUnavailable, StudyMismatch
 from .events import EventType, append_event
 from .index.models import Instance, PendingWrite, Series, Study
 from .index.writer import (
@@ -113,13 +114,21 @@ def ingest_file(
     expected_study: str | None = None,
     consume: bool = False,
     sha256: str | None = None,
+    caller: Caller = SYSTEM,
 ) -> IngestResult:
     """Ingest the Part 10 file at ``path``. With ``consume`` the file is ours to remove;
     it must then lie in the archive's incoming folder (the spool, see module doc).
     ``sha256``: the file's digest when the caller computed it while writing the file.
     ``expected_study``: refuse an instance of another study (STOW-RS to /studies/{study})
-    before anything is written."""
+    before anything is written. ``caller`` needs the scope of ``source`` (pacs/access.py)
+    and, when confined to a study, the object must be of that study."""
     started = time.perf_counter()
+    try:
+        require(caller, ingest_scope(source))
+    except PacsError:
+        if consume:
+            _unlink_quietly(os.fspath(path))
+        raise
     spool = _Spool(os.fspath(path) if consume else _spool_copy(archive, os.fspath(path)))
     # The spool is flushed to disk while we parse and check it: fsync waits on the disk
     # with the GIL released (~0.4 ms a small object).
@@ -132,6 +141,7 @@ def ingest_file(
             raise SOPClassMismatch("SOPClassUID differs from the negotiated SOP class")
         if expected_study and parsed.study_uid != expected_study:
             raise StudyMismatch("StudyInstanceUID differs from the study of the request")
+        require(caller, ingest_scope(source), parsed.study_uid)
         sha = sha256 or _sha256(spool.path)
         result = _store_and_index(archive, spool, parsed, size, sha, source, calling_ae, flushing)
     except PacsError as exc:
@@ -175,15 +185,16 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
-def ingest_bytes(archive: Archive, data: bytes, *, source: str, calling_ae: str = "") -> IngestResult:
+def ingest_bytes(archive: Archive, data: bytes, *, source: str, calling_ae: str = "",
+                 caller: Caller = SYSTEM) -> IngestResult:
     """Ingest an object held in memory (small objects, tests): spooled to the temp dir."""
     fd, path = tempfile.mkstemp(suffix=".dcm", dir=archive.incoming_dir)
     with os.fdopen(fd, "wb") as fp:
         fp.write(data)
-    return ingest_file(archive, path, source=source, calling_ae=calling_ae, consume=True)
+    return ingest_file(archive, path, source=source, calling_ae=calling_ae, consume=True, caller=caller)
 
 
-def ingest_dataset(archive: Archive, ds: Dataset, *, source: str) -> IngestResult:
+def ingest_dataset(archive: Archive, ds: Dataset, *, source: str, caller: Caller = SYSTEM) -> IngestResult:
     """Ingest a data set the archive made itself (a report's or an AI engine's SR): written
     as Part 10 straight into a spool file, then the one ingest path."""
     fd, path = tempfile.mkstemp(suffix=".dcm", dir=archive.incoming_dir)
@@ -193,7 +204,7 @@ def ingest_dataset(archive: Archive, ds: Dataset, *, source: str) -> IngestResul
     except BaseException:
         _unlink_quietly(path)
         raise
-    return ingest_file(archive, path, source=source, consume=True)
+    return ingest_file(archive, path, source=source, consume=True, caller=caller)
 
 
 def _result(parsed: ParsedInstance, status: str, size: int, warning: str = "") -> IngestResult:
@@ -239,12 +250,28 @@ def _store_and_index(
     archive.store.put_file(key, spool.path, synced=True, keep_source=True)
     try:
         status = _index(archive, parsed, key, size, sha, source, calling_ae, held=existing is not None)
+    except Conflict:  # refused for good by the index (not interrupted): the object goes now
+        spool.keep = not _discard_unused(archive, key)
+        raise
     except BaseException:
         spool.keep = True
         raise
     if status == "replaced" and existing is not None and existing.blob_key != key:
         archive.store.delete(existing.blob_key)
     return _result(parsed, status, size)
+
+
+def _discard_unused(archive: Archive, key: str) -> bool:
+    """Delete the object written under ``key`` unless an index row uses it (an identical
+    copy committed meanwhile); False when that failed (the sweep will retry)."""
+    try:
+        with archive.db.write() as conn:
+            if conn.execute(select(Instance.id).where(Instance.blob_key == key)).first() is None:
+                archive.store.delete(key)
+        return True
+    except (PacsError, OSError) as exc:
+        log.warning("could not remove the refused object %s: %s", key, exc)
+        return False
 
 
 def _index(

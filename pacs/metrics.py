@@ -20,6 +20,7 @@ ASSOCIATIONS_ACTIVE = Gauge(
 )
 ASSOCIATIONS_TOTAL = Counter("pacs_associations", "DIMSE associations accepted")
 ASSOCIATIONS_REJECTED = Counter("pacs_associations_rejected", "DIMSE associations rejected")
+RATE_LIMITED = Counter("pacs_http_rate_limited", "HTTP requests answered 429 by the per-client rate limit")
 
 
 def render() -> tuple[bytes, str]:

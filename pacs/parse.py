@@ -77,11 +77,12 @@ def _string(value: Any) -> str:
 
 
 def _text(body: dict[str, Any], keyword: str, limit: int) -> str:
-    """An attribute's value(s) as text, read from the instance's DICOM JSON."""
+    """An attribute's value(s) as text, read from the instance's DICOM JSON. NULs (in no
+    DICOM character repertoire; PostgreSQL text refuses them) are left out of the index."""
     values = body.get(_TAGS[keyword], {}).get("Value")
     if not values:
         return ""
-    return "\\".join(_string(v) for v in values).strip("\x00 ")[:limit]
+    return "\\".join(_string(v) for v in values).replace("\x00", "").strip(" ")[:limit]
 
 
 def _int(body: dict[str, Any], keyword: str) -> int | None:
@@ -167,6 +168,8 @@ def parse_instance_reference(fp: BinaryIO, size: int) -> ParsedInstance:
     ds = read_header(fp)
     pixel_pos = fp.tell()
     ts = UID(str(ds.file_meta.TransferSyntaxUID))
+    if not ts.is_transfer_syntax:  # its byte order and VR encoding are unknown (PS3.5 10)
+        raise InvalidInstance("TransferSyntaxUID is not a transfer syntax known to the archive")
     try:
         parsed = ParsedInstance(
             transfer_syntax_uid=validate_uid(ts, "TransferSyntaxUID"),

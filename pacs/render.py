@@ -32,6 +32,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from . import frames
+from .decode_guard import check_render
 from .errors import InvalidQuery
 
 JPEG = "image/jpeg"
@@ -197,8 +198,12 @@ def display_array(array: np.ndarray, ds: Dataset, window: Window | None) -> np.n
 
 def render(archive: Any, source: frames.PixelSource, number: int, options: RenderOptions) -> bytes:
     """Frame ``number`` of ``source`` rendered as ``options`` ask (blocking, CPU bound)."""
+    limit = archive.settings.render_max_pixels
+    attrs = source.attributes
+    check_render(int(attrs.get("Rows", 0) or 0), int(attrs.get("Columns", 0) or 0), limit)
     header = frames.load_dataset(archive, source, stop_before_pixels=True)
     array = frames.decoded_frame_array(archive, source, number)
+    check_render(array.shape[0], array.shape[1] if array.ndim > 1 else 1, limit)
     pixels = display_array(array, header, options.window)
     image = Image.fromarray(pixels)  # uint8: "L" for (rows, cols), "RGB" for (rows, cols, 3)
     return encode(apply_viewport(image, options.viewport), options)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, BinaryIO, Collection, Iterator
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
@@ -37,6 +38,7 @@ from pydicom.uid import (
     UID,
 )
 
+from .decode_guard import check_object
 from .errors import InvalidQuery, PacsError
 from .index.models import Instance, Series, Study
 from .query import Level, Query, make_matcher
@@ -205,21 +207,37 @@ def load_dataset(archive: Archive, item: RetrieveItem) -> Dataset:
             raise RetrieveFailure(f"stored object unreadable: {type(exc).__name__}") from exc
 
 
-def transcode(ds: Dataset, target: str) -> Dataset:
+def transcode(ds: Dataset, target: str, max_decoded_bytes: int = 0) -> Dataset:
     """``ds`` made sendable in ``target`` (Explicit or Implicit VR Little Endian).
 
     Compressed pixel data is decoded (``decompress(generate_instance_uid=False)``: the
     SOP Instance UID never changes; YCbCr becomes RGB). The File Meta Transfer Syntax UID
-    is set to ``target``; the dataset is re-encoded when it is written.
+    is set to ``target``; the dataset is re-encoded when it is written. An object that
+    would decode to more than ``max_decoded_bytes`` (0: no limit) is refused first
+    (:mod:`pacs.decode_guard`).
     """
     stored = UID(str(ds.file_meta.TransferSyntaxUID))
     if stored.is_compressed:
+        _check_decoded_size(ds, max_decoded_bytes)
         try:
             ds.decompress(generate_instance_uid=False)
         except Exception as exc:  # decoders raise many types
             raise RetrieveFailure(f"cannot decode {stored.name}: {type(exc).__name__}") from exc
     ds.file_meta.TransferSyntaxUID = UID(target)
     return ds
+
+
+def _check_decoded_size(ds: Dataset, limit: int) -> None:
+    """Every frame header read (not decoded) and the object's declared size checked."""
+    if not limit or "PixelData" not in ds:
+        return
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    attrs = {key: ds.get(key) for key in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated")}
+    try:
+        encoded = list(generate_frames(ds.PixelData, number_of_frames=frames))
+    except Exception as exc:  # malformed encapsulation: the decoder would fail the same way
+        raise RetrieveFailure(f"cannot read the encapsulated frames: {type(exc).__name__}") from exc
+    check_object(attrs, encoded, frames, limit)
 
 
 def encode_dataset(ds: Dataset, target: str) -> bytes:
@@ -236,14 +254,15 @@ def encode_dataset(ds: Dataset, target: str) -> bytes:
 
 def transcoded_bytes(archive: Archive, item: RetrieveItem, target: str) -> bytes:
     """The object's dataset re-encoded (and decoded, if compressed) in ``target``."""
-    return encode_dataset(transcode(load_dataset(archive, item), target), target)
+    ds = transcode(load_dataset(archive, item), target, archive.settings.max_decoded_bytes)
+    return encode_dataset(ds, target)
 
 
 def transcoded_part10(archive: Archive, item: RetrieveItem, target: str) -> bytes:
     """The whole Part 10 object in ``target``: preamble, the object's own File Meta
     Information with only its Transfer Syntax UID changed (PS3.10 7.1), the dataset
     re-encoded (decoded first if compressed). Held in memory, one object at a time."""
-    ds = transcode(load_dataset(archive, item), target)
+    ds = transcode(load_dataset(archive, item), target, archive.settings.max_decoded_bytes)
     meta = DicomBytesIO()
     meta.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(meta, ds.file_meta, enforce_standard=True)

@@ -188,6 +188,12 @@ class Settings:
         "authentication) a token is checked only when one is sent.",
         default=False,
     )
+    deidentify_secret: str = _doc(
+        "Key (at least 16 characters) of the UID remapping of de-identified exports "
+        "(docs/deidentification.md): the same UID always maps to the same new UID under one key. "
+        "Empty: a random key created on first use and kept in the index.",
+        default="",
+    )
     auth_required: bool = _doc(
         "Every HTTP route except `/healthz`, the viewer and reading-page code and CORS preflights "
         "needs `Authorization: Bearer <token>` (an API token, an OIDC JWT or a study-scoped AI token) "
@@ -225,8 +231,34 @@ class Settings:
         "DICOM audit message (PS3.15 A.5, RFC 3881 XML). Empty: the index only.",
         default="",
     )
+    max_decoded_bytes: int = _doc(
+        "Decompression-bomb guard: most bytes the decoded pixels of one frame (frames, rendered, "
+        "thumbnails) or of one whole object (transcoding on retrieve, C-MOVE, C-GET, push) may take, "
+        "judged from the Image Pixel attributes and the codestream header before decoding; above it "
+        "the answer is 406 (a failed sub-operation over DIMSE). 0: no limit.",
+        default=1024**3,
+    )
+    render_max_pixels: int = _doc(
+        "Most pixels (rows x columns) of a frame rendered to JPEG or PNG (rendered, thumbnails, "
+        "WADO-URI); above it the answer is 406. Default: Pillow's own decompression-bomb threshold.",
+        default=89_478_485,
+    )
+    rate_limit_per_second: float = _doc(
+        "HTTP requests per second one client (its token, else its address) may make on average; "
+        "beyond the burst the answer is 429 with `Retry-After`. 0: no limit.",
+        default=300.0,
+    )
+    rate_limit_burst: int = _doc(
+        "HTTP requests one client may make at once before `rate_limit_per_second` applies "
+        "(a viewer opening a large study fetches many frames together).",
+        default=3000,
+    )
 
     def __post_init__(self) -> None:
+        if self.max_decoded_bytes < 0 or self.render_max_pixels < 0 or self.rate_limit_per_second < 0:
+            raise ValueError("max_decoded_bytes, render_max_pixels and rate_limit_per_second must not be negative")
+        if self.rate_limit_per_second and self.rate_limit_burst < 1:
+            raise ValueError("rate_limit_burst must be at least 1 when rate_limit_per_second is set")
         if (self.oidc_jwks_url or self.oidc_public_key) and not (self.oidc_issuer and self.oidc_audience):
             raise ValueError("oidc_issuer and oidc_audience must be set with oidc_jwks_url or oidc_public_key")
         if self.duplicate_policy not in DUPLICATE_POLICIES:

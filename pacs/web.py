@@ -82,8 +82,11 @@ def create_app(archive: Archive) -> web.Application:
 
     app = web.Application(middlewares=[audit_middleware, error_middleware])
     app[ARCHIVE] = archive
-    from .auth import setup_auth  # authentication: inside audit and errors, before every door's own
+    from .auth import setup_auth  # authentication: inside audit, errors and rate limits, before every door's own
 
+    from .ratelimit import setup_rate_limits  # before authentication: guessing tokens is limited too
+
+    setup_rate_limits(app, archive.settings)
     setup_auth(app, archive.settings)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)

@@ -9,7 +9,8 @@ from pacs import aes
 
 from .servers import ThreadedServer
 
-ALL = {"echo": True, "store": True, "find": True, "move": True, "get": True, "commitment": True}
+ALL = {"echo": True, "store": True, "find": True, "move": True, "get": True, "commitment": True,
+       "mwl": True, "mpps": True}
 
 
 async def test_crud(server: ThreadedServer) -> None:

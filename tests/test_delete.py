@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from pacs.access import SYSTEM
 from pacs.archive import Archive
 from pacs.errors import NotFound
 from pacs.index.models import Instance, Patient, PendingWrite, Series, Study
@@ -37,7 +38,7 @@ def _count(archive: Archive, model) -> int:
 def test_delete_instance_keeps_aggregates_exact(archive: Archive) -> None:
     study, series, sops = _study(archive)
     keys_before = _keys(archive)
-    result = archive.delete(study, series[0], sops[0])
+    result = archive.delete(study, series[0], sops[0], caller=SYSTEM)
     assert (result.instances, result.series_removed, result.study_removed) == (1, [], False)
     with archive.db.read() as conn:
         row = conn.execute(select(Study).where(Study.study_uid == study)).one()
@@ -52,7 +53,7 @@ def test_delete_instance_keeps_aggregates_exact(archive: Archive) -> None:
 
 def test_delete_series_updates_modalities(archive: Archive) -> None:
     study, series, _ = _study(archive)
-    result = archive.delete(study, series[1])
+    result = archive.delete(study, series[1], caller=SYSTEM)
     assert (result.instances, result.series_removed) == (2, [series[1]])
     with archive.db.read() as conn:
         row = conn.execute(select(Study).where(Study.study_uid == study)).one()
@@ -63,7 +64,7 @@ def test_delete_series_updates_modalities(archive: Archive) -> None:
 def test_delete_study_removes_everything(archive: Archive) -> None:
     study, series, _ = _study(archive)
     keys = _keys(archive)
-    result = archive.delete(study)
+    result = archive.delete(study, caller=SYSTEM)
     assert (result.instances, result.study_removed) == (5, True)
     for model in (Instance, Series, Study, Patient):
         assert _count(archive, model) == 0
@@ -76,9 +77,9 @@ def test_delete_study_removes_everything(archive: Archive) -> None:
 def test_delete_unknown_raises_not_found(archive: Archive) -> None:
     study, series, _ = _study(archive)
     with pytest.raises(NotFound):
-        archive.delete("1.2.3.4")
+        archive.delete("1.2.3.4", caller=SYSTEM)
     with pytest.raises(NotFound):
-        archive.delete(study, series[0], "1.2.3.4")
+        archive.delete(study, series[0], "1.2.3.4", caller=SYSTEM)
     assert _count(archive, Instance) == 5
 
 
@@ -86,7 +87,7 @@ def test_failed_object_delete_is_left_to_the_sweep(archive: Archive, monkeypatch
     study, _, _ = _study(archive)
     keys = _keys(archive)
     monkeypatch.setattr(archive.store, "delete", lambda key: (_ for _ in ()).throw(OSError("disk gone")))
-    archive.delete(study)
+    archive.delete(study, caller=SYSTEM)
     assert _count(archive, Instance) == 0
     assert _count(archive, PendingWrite) == 5  # recorded, not lost
     monkeypatch.undo()
@@ -121,11 +122,11 @@ def test_ingest_after_delete_keeps_aggregates_exact(archive: Archive, what: str)
     between must not make the next instance miscount or land on a deleted row."""
     study, series, _ = _study(archive)  # series[0]: 3 CT, series[1]: 2 PT; the cache knows both
     if what == "series":
-        archive.delete(study, series[0])
+        archive.delete(study, series[0], caller=SYSTEM)
     elif what == "study":
-        archive.delete(study)
+        archive.delete(study, caller=SYSTEM)
     else:  # the PT series goes: the study's modalities shrink to CT
-        archive.delete(study, series[1])
+        archive.delete(study, series[1], caller=SYSTEM)
     archive.ingest_bytes(to_bytes(make_ct(study=study, series=series[0], seed=99)), source="test")
     archive.ingest_bytes(to_bytes(make_ct(study=study, series=series[1], seed=98)), source="test")  # CT now
     expected = {

@@ -206,3 +206,46 @@ def test_find_denied_by_ae_policy(loaded) -> None:
     assert responses[0][0].Status == 0x0124
     assert responses[0][0].ErrorComment == "calling AE not allowed to query"
     assert responses[0][1] is None
+
+
+def raw_find(server: ThreadedServer, identifier: bytes) -> list[tuple[int, str]]:
+    """One C-FIND whose identifier bytes (Explicit VR Little Endian) go out exactly as
+    given, through the raw SCU (pynetdicom would parse them first): (status, comment)s."""
+    client = StoreAssociation("WORKSTATION", "PACS", [(str(StudyRootFind), [ExplicitVRLittleEndian])],
+                              max_pdu=1 << 20, connect_timeout=10, dimse_timeout=30, implementation_uid="1.2.3.4")
+    client.connect("127.0.0.1", server.dimse_port)
+    find = command.encode_command({command.AFFECTED_SOP_CLASS: str(StudyRootFind), command.COMMAND_FIELD: command.C_FIND_RQ,
+                                   command.MESSAGE_ID: 1, command.PRIORITY: 0, command.DATASET_TYPE: 0})
+    cid = client.accepted[0].context_id
+    client._sock.sendall(pdu.p_data_header(cid, 3, len(find)) + find + pdu.p_data_header(cid, 2, len(identifier))
+                         + identifier)
+    answers: list[tuple[int, str]] = []
+    while not answers or answers[-1][0] in (0xFF00, 0xFF01):
+        _, body = client._read_pdu()
+        for _, flags, value in pdu.iter_pdvs(body):
+            if flags == 3:
+                response = command.Command.decode(value)
+                answers.append((response.us(command.STATUS), response.text(command.ERROR_COMMENT)))
+    client.release()
+    return answers
+
+
+def _explicit(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+@pytest.mark.parametrize("bad, comment", [
+    (_explicit(0x0028, 0x0009, b"UL", b"123456789"), "element (0028,0009) cannot be decoded"),  # 9 bytes of UL
+    (_explicit(0x0008, 0x0005, b"AT", b"true"), "data set cannot be decoded"),  # a tag as the character set
+    (_explicit(0x0008, 0x0005, b"CS", b"*\x00*\x00"), "data set cannot be decoded"),
+])
+def test_undecodable_identifier_gets_a900_and_the_association_goes_on(loaded, bad: bytes, comment: str) -> None:
+    """Regression (fuzz run): an element pydicom cannot decode was answered 0xC000
+    "internal error" (and logged as a failure of the server); it is an invalid identifier."""
+    server, labels = loaded
+    elements = [bad, _explicit(0x0008, 0x0052, b"CS", b"STUDY "), _explicit(0x0020, 0x000D, b"UI", b"")]
+    answers = raw_find(server, b"".join(sorted(elements, key=lambda e: struct.unpack("<HH", e[:4]))))
+    assert len(answers) == 1 and answers[0][0] == 0xA900
+    assert answers[0][1].startswith(comment)
+    responses = c_find(server, {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": labels["S1"]})
+    assert [status for status, _ in responses] == [0xFF00, 0x0000]

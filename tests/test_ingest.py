@@ -14,7 +14,7 @@ from sqlalchemy import func, insert, select
 
 from pacs.archive import Archive
 from pacs.errors import Conflict, DuplicateConflict, InvalidInstance
-from pacs.index.models import Event, Instance, PendingWrite, Series, Study
+from pacs.index.models import Event, Instance, Patient, PendingWrite, Series, Study
 
 from .factory import make_ct, to_bytes
 
@@ -307,3 +307,93 @@ def test_sqlite_synchronous_setting(settings, mode: str, level: int) -> None:
     with archive.db.read() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == level
     archive.close()
+
+
+def test_conflict_found_after_the_object_write_leaves_no_object(archive: Archive, monkeypatch) -> None:
+    """Regression (fuzz run): a different object under a held SOP Instance UID that the
+    check before the write missed (stored concurrently, e.g. two parts of one STOW-RS
+    request) is refused, and its object and spool go at once, not at the orphan sweep."""
+    import pacs.ingest
+
+    ds = make_ct(seed=1)
+    held = archive.ingest_bytes(to_bytes(ds), source="test")
+    other = to_bytes(make_ct(study=ds.StudyInstanceUID, series=ds.SeriesInstanceUID, sop=ds.SOPInstanceUID, seed=2))
+    monkeypatch.setattr(pacs.ingest, "_existing", lambda archive, sop: None)  # the race: not seen before
+    with pytest.raises(DuplicateConflict, match="stored concurrently"):
+        archive.ingest_bytes(other, source="test")
+    key = _instance(archive, held.sop_instance_uid).blob_key
+    objects = Path(archive.settings.resolved_storage_url)
+    assert [p.relative_to(objects).as_posix() for p in objects.rglob("*.dcm")] == [key]
+    assert _read_blob(archive, key) == to_bytes(ds)
+    assert not archive.store.exists(_key_of(other))
+    assert not list(Path(archive.incoming_dir).glob("*.dcm"))
+
+
+@pytest.mark.parametrize("uid", ["1.2.3.4.5.6.7.8.9.10", "1.2.840.10008.1.1"])  # unknown; Verification
+def test_unknown_transfer_syntax_refused_with_reason(archive: Archive, uid: str) -> None:
+    """Regression (fuzz run): a file meta naming no known transfer syntax was a
+    ValueError from pydicom (answered "internal error"); it is an invalid instance."""
+    explicit = b"1.2.840.10008.1.2.1\x00"  # pydicom writes no unknown one: same length in place
+    data = to_bytes(make_ct()).replace(explicit, uid.encode().ljust(len(explicit), b"\x00"), 1)
+    with pytest.raises(InvalidInstance, match="TransferSyntaxUID is not a transfer syntax known"):
+        archive.ingest_bytes(data, source="test")
+    _assert_nothing_stored(archive)
+    assert not list(Path(archive.incoming_dir).glob("*.dcm"))
+
+
+@pytest.mark.parametrize("clash, reason", [("patient", "another patient"), ("study", "another study")])
+def test_index_conflict_leaves_no_object_or_spool(archive: Archive, clash: str, reason: str) -> None:
+    """Regression (fuzz run): a study held under another patient, or a series under another
+    study, is found by the index transaction after the object was written; the refused
+    object must not stay in the store (nor its spool in the incoming folder)."""
+    ds = make_ct(patient_id="A")
+    held = archive.ingest_bytes(to_bytes(ds), source="test")
+    intruder = (make_ct(study=ds.StudyInstanceUID, patient_id="B") if clash == "patient"
+                else make_ct(series=ds.SeriesInstanceUID, patient_id="A"))
+    with pytest.raises(Conflict, match=reason):
+        archive.ingest_bytes(to_bytes(intruder), source="test")
+    objects = Path(archive.settings.resolved_storage_url)
+    assert [p.relative_to(objects).as_posix() for p in objects.rglob("*.dcm")] == [
+        _instance(archive, held.sop_instance_uid).blob_key]
+    assert not list(Path(archive.incoming_dir).glob("*.dcm"))
+
+
+def test_many_long_modalities_fit_the_study_aggregate(archive: Archive) -> None:
+    """Regression (fuzz run, PostgreSQL): the 16th series with a new 16-character modality
+    overflowed study.modalities (256) and every later one failed as "internal error". The
+    set keeps what fits; ModalitiesInStudy still matches every series."""
+    from pacs.delete import delete_objects
+    from pacs.query import Level, Query, make_matcher, search
+
+    first = make_ct(seed=0)
+    modalities = [f"M{i:02d}" + "X" * 13 for i in range(20)]
+    for i, modality in enumerate(modalities):
+        ds = make_ct(study=first.StudyInstanceUID, series=first.SeriesInstanceUID if i == 0 else None, seed=i)
+        ds.Modality = modality
+        assert archive.ingest_bytes(to_bytes(ds), source="test").status == "stored"
+    row = _study(archive, first.StudyInstanceUID)
+    held = row.modalities.split("\\")
+    assert (row.num_series, row.num_instances) == (20, 20)
+    assert len(row.modalities) <= 256 and held == modalities[:len(held)] and len(held) == 15
+    query = Query(Level.STUDY)
+    query.matchers.append(make_matcher("ModalitiesInStudy", [modalities[-1]]))
+    assert [m.json["0020000D"]["Value"][0] for m in search(archive.db, query, ["0020000D"])] == [first.StudyInstanceUID]
+    delete_objects(archive, first.StudyInstanceUID, first.SeriesInstanceUID)  # recomputed: what fits, in order
+    assert _study(archive, first.StudyInstanceUID).modalities.split("\\") == modalities[1:16]
+
+
+def test_nul_in_indexed_text_is_left_out_of_the_index(archive: Archive) -> None:
+    """Regression (fuzz run, PostgreSQL): a NUL inside an indexed value (PatientID,
+    StudyDescription, ...) made the index transaction fail ("internal error", 0x0110) on
+    PostgreSQL, whose text refuses NUL; the object is stored, the index value without it."""
+    ds = make_ct(patient_id="P\x00ID")
+    ds.StudyDescription, ds.Modality = "CT\x00 HEAD", "C\x00T"
+    data = to_bytes(ds)
+    result = archive.ingest_bytes(data, source="test")
+    assert result.status == "stored"
+    row = _instance(archive, result.sop_instance_uid)
+    assert _read_blob(archive, row.blob_key) == data
+    study = _study(archive, ds.StudyInstanceUID)
+    assert (study.study_description, study.modalities) == ("CT HEAD", "CT")
+    with archive.db.read() as conn:
+        assert conn.execute(select(Patient.patient_id)).scalars().all() == ["PID"]

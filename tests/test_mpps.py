@@ -195,7 +195,7 @@ def test_set_of_a_create_only_attribute(server: ThreadedServer, scheduled: dict[
 
 
 def test_denied_by_ae_policy(server: ThreadedServer, scheduled: dict[str, Any]) -> None:
-    aes.add_ae(server.archive.db, "CT1", "127.0.0.1", 104, denied=["store"])
+    aes.add_ae(server.archive.db, "CT1", "127.0.0.1", 104, denied=["mpps"])
     ae = AE(ae_title="CT1")
     ae.add_requested_context(MPPS)
     association = ae.associate("127.0.0.1", server.dimse_port)

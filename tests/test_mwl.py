@@ -176,9 +176,11 @@ def test_invalid_identifier_error_comment(loaded: ThreadedServer) -> None:
 
 
 def test_denied_by_ae_policy(loaded: ThreadedServer) -> None:
-    aes.add_ae(loaded.archive.db, "CT9", "127.0.0.1", 104, denied=["find"])
+    aes.add_ae(loaded.archive.db, "CT9", "127.0.0.1", 104, denied=["mwl"])
     responses = mwl_find(loaded, {"AccessionNumber": ""}, calling="CT9")
     assert [s for s, _ in responses] == [0x0124]
+    aes.add_ae(loaded.archive.db, "CT8", "127.0.0.1", 104, denied=["find", "store"])  # MWL is its own permission
+    assert mwl_find(loaded, {"AccessionNumber": ""}, calling="CT8")[-1][0] == 0x0000
 
 
 def test_cancel_stops_pending_responses(server: ThreadedServer) -> None:

@@ -149,13 +149,13 @@ def test_cli_deny_and_allow(cli_env: Path, settings: Settings, capsys) -> None:
     archive = Archive(settings, migrate=False)
     try:
         assert aes.get_ae(archive.db, "CT1").denied == {"store", "find"}  # type: ignore[union-attr]
-        assert aes.get_ae(archive.db, "WS1").denied == {"store", "find", "get", "commitment"}  # type: ignore[union-attr]
+        assert aes.get_ae(archive.db, "WS1").denied == {"store", "find", "get", "commitment", "mwl", "mpps"}  # type: ignore[union-attr]
         assert aes.get_ae(archive.db, "BAD") is None
     finally:
         archive.close()
     assert main(["ae", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert any(line.startswith("CT1") and "allow=echo,move,get,commitment" in line for line in lines)
+    assert any(line.startswith("CT1") and "allow=echo,move,get,commitment,mwl,mpps" in line for line in lines)
     assert any(line.startswith("WS1") and "allow=echo,move" in line for line in lines)
     assert any(line.startswith("ALL") and "allow=all" in line for line in lines)
 

@@ -185,6 +185,10 @@ def test_server_maximum_cuts_with_warning(loaded: Loaded, monkeypatch: pytest.Mo
         ("/studies/not..uid/series", {}, "StudyInstanceUID: not a UID"),
         ("/instances", {"InstanceNumber": "9" * 20}, "InstanceNumber: integer out of range"),
         ("/instances", {"InstanceNumber": "two"}, "InstanceNumber: not an integer"),
+        # regression (fuzz run): a NUL reached the SQL text and PostgreSQL answered 500
+        ("/studies", {"PatientName": "a\x00b"}, "PatientName: a value contains a NUL character"),
+        ("/studies", {"AccessionNumber": "A\x00*"}, "AccessionNumber: a value contains a NUL character"),
+        ("/studies", {"ModalitiesInStudy": "CT,M\x00R"}, "ModalitiesInStudy: a value contains a NUL character"),
     ],
 )
 def test_bad_requests_get_400_with_reason(loaded: Loaded, path: str, params: dict[str, str], reason: str) -> None:
@@ -414,3 +418,11 @@ def test_public_base_url_in_retrieve_and_bulk_data_uris(settings: Any) -> None:
         srv.stop()
     with pytest.raises(ValueError, match="public_base_url"):
         settings.replace(public_base_url="pacs.example.org/dicom-web")
+
+
+def test_trailing_nul_padding_is_ignored(loaded: Loaded) -> None:
+    """NULs ending a value are padding (as in UI values), not part of what is matched."""
+    server, labels = loaded
+    resp = get(server, "/studies", {"AccessionNumber": "A100\x00\x00"})
+    assert resp.status_code == 200
+    assert labelled(labels, resp.json()) == ["S1"]

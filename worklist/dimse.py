@@ -2,9 +2,9 @@
 through the ``pacs.dimse`` entry point (:func:`pacs.dimse.server.plugin_services`).
 
 * Modality Worklist Information Model - FIND (1.2.840.10008.5.1.4.31): C-FIND,
-  :mod:`worklist.mwl` (AE policy permission "find");
+  :mod:`worklist.mwl` (AE policy permission "mwl");
 * Modality Performed Procedure Step (1.2.840.10008.3.1.2.3.3): N-CREATE and N-SET,
-  :mod:`worklist.mpps` (AE policy permission "store").
+  :mod:`worklist.mpps` (AE policy permission "mpps").
 
 Both with Explicit and Implicit VR Little Endian.
 """

@@ -192,7 +192,7 @@ def _failure_status(exc: MppsFailure) -> tuple[Status, dict[int, cmd.Value]]:
 
 
 def _run(request: DimseRequest, work: Any) -> tuple[Status, dict[int, cmd.Value]]:
-    refused = refusal(request, request.archive, "store")
+    refused = refusal(request, request.archive, "mpps")
     if refused is not None:
         return refused, {}
     try:
@@ -215,7 +215,7 @@ def _run(request: DimseRequest, work: Any) -> tuple[Status, dict[int, cmd.Value]
 def handle_n_create(request: DimseRequest) -> None:
     """N-CREATE (PS3.4 F.7.2.1). 0x0000 created (Affected SOP Instance UID returned);
     0x0111 duplicate SOP Instance; 0x0120 missing attribute; 0x0106 invalid value (status
-    not IN PROGRESS); 0x0124 AE policy ("store" permission); 0x0110 undecodable data set."""
+    not IN PROGRESS); 0x0124 AE policy ("mpps" permission); 0x0110 undecodable data set."""
     uid = request.command.text(cmd.AFFECTED_SOP_INSTANCE) or generate_uid()
     if not lenient_uid(uid):
         request.respond(status(INVALID_ATTRIBUTE_VALUE, "Affected SOP Instance UID is not a UID"))

@@ -192,7 +192,7 @@ def encode_response(ds: Dataset, transfer_syntax: str) -> bytes:
 
 def find_items(request: DimseRequest) -> Status | list[Any]:
     """The matching rows, or the failure status to answer."""
-    refused = refusal(request, request.archive, "find")
+    refused = refusal(request, request.archive, "mwl")
     if refused is not None:
         return refused
     try:
@@ -215,7 +215,7 @@ def handle_mwl_find(request: DimseRequest) -> None:
 
     A pending response (0xFF00) per item, then 0x0000; 0xFE00 when the SCU sent a
     C-CANCEL (checked before each pending response); 0xA900 invalid identifier (with an
-    Error Comment); 0xC000 unable to process; 0x0124 AE policy (the "find" permission).
+    Error Comment); 0xC000 unable to process; 0x0124 AE policy (the "mwl" permission).
     """
     outcome = find_items(request)
     if isinstance(outcome, Status):

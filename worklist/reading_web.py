@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from pacs.archive import Archive
+from pacs.auth import caller_of
 from pacs.errors import InvalidQuery
 from pacs.web import ARCHIVE, run_blocking
 
@@ -92,7 +93,8 @@ async def put_draft(request: web.Request) -> web.Response:
 
 async def sign_report(request: web.Request) -> web.Response:
     who = await _radiologist(request)
-    signed = await run_blocking(reports.sign, request.app[ARCHIVE], request.match_info["study"], who)
+    signed = await run_blocking(reports.sign, request.app[ARCHIVE], request.match_info["study"], who,
+                                caller_of(request))
     return web.json_response(signed)
 
 

@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import BasicTextSRStorage
 from sqlalchemy import Connection, func, insert, select, update
 
+from pacs.access import SYSTEM, Caller
 from pacs.archive import Archive
 from pacs.errors import Conflict, InvalidQuery, NotFound
 from pacs.events import EventType, append_event
@@ -152,8 +153,9 @@ def _previous_srs(conn: Connection, study_uid: str) -> list[Dataset]:
     return previous
 
 
-def sign(archive: Archive, study_uid: str, author: str) -> dict[str, Any]:
-    """Sign the author's draft (see module doc); the signed version as JSON."""
+def sign(archive: Archive, study_uid: str, author: str, caller: Caller = SYSTEM) -> dict[str, Any]:
+    """Sign the author's draft (see module doc); the signed version as JSON. ``caller``
+    needs the ``report`` scope to store the SR (pacs/access.py)."""
     with archive.db.read() as conn:
         draft = conn.execute(select(Report).where(Report.study_uid == study_uid, Report.status == "draft")).first()
         if draft is None or draft.author != author:
@@ -163,7 +165,7 @@ def sign(archive: Archive, study_uid: str, author: str) -> dict[str, Any]:
     status = "amended" if item.state in SIGNED else "final"
     content = ReportContent(author, draft.findings, draft.impression, json.loads(draft.codes))
     sr = build_report_sr(evidence, content, version=draft.version, previous=previous)
-    archive.ingest_dataset(sr, source="report")
+    archive.ingest_dataset(sr, source="report", caller=caller)
     now = time.time()
     with archive.db.write() as conn:
         done = conn.execute(update(Report).where(Report.id == draft.id, Report.status == "draft")

@@ -48,6 +48,8 @@ _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 UNLIMITED_PDV = 1 << 20
 #: Deferred messages are sent once this many bytes wait (see :meth:`Association.send`).
 DEFERRED_BYTES = 64 << 10
+#: ARTIM timer (PS3.8 9.1.5): how long a rejected or released requestor has to close.
+ARTIM_SECONDS = 5.0
 
 
 class AssociationClosed(Exception):
@@ -146,6 +148,7 @@ class Association:
             reply = A_ASSOCIATE_RJ()
             reply.from_primitive(_reject_primitive(*rejection))
             self._send(reply.encode())
+            self._await_close()
             return False
         self._send(self._accept(primitive).encode())
         self.sock.settimeout(self.config.network_timeout)
@@ -249,6 +252,7 @@ class Association:
             self._discard_partial()
             self._send(pdu.release_rp())
             self.is_established = False
+            self._await_close()
             raise AssociationClosed("released")
         return kind, body
 
@@ -379,6 +383,17 @@ class Association:
 
     def _send(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+    def _await_close(self) -> None:
+        """Sta13 (PS3.8 9.2): after A-ASSOCIATE-RJ or A-RELEASE-RP the requestor closes the
+        connection; wait for that, at most ARTIM, instead of closing first: a close with
+        data unread resets the connection, and the peer may lose our answer (seen over TLS)."""
+        try:
+            self.sock.settimeout(ARTIM_SECONDS)
+            while self.sock.recv(4096):
+                pass
+        except (OSError, ValueError):
+            pass
 
     def abort(self, reason: int = pdu.REASON_NOT_SPECIFIED, source: int = pdu.ABORT_SOURCE_PROVIDER) -> None:
         """Send an A-ABORT (best effort) and close.

@@ -21,7 +21,8 @@ from pynetdicom.sop_class import (
 from pydicom.uid import ImplicitVRLittleEndian
 
 from ..errors import InvalidQuery, PacsError
-from ..query import Level, Query, element_values, make_matcher, search
+from ..access import Caller
+from ..query import Level, Query, element_values, make_matcher
 from ..query.model import level_of
 from ..query.attributes import COMPUTED, MATCHABLE, UNIQUE_KEYS, attribute_level
 from .identifier import encode_identifier, needs_utf8
@@ -133,7 +134,8 @@ def _matches_or_failure(request: DimseRequest) -> Status | tuple[Query, list[str
         return refused
     try:
         query, tags = query_from_identifier(request.identifier(), request.sop_class)
-        return query, tags, list(search(request.archive.db, query, tags))
+        caller = Caller.for_ae(request.calling_ae, "read")  # admitted by the AE policy above
+        return query, tags, request.archive.search(query, tags, caller=caller)
     except InvalidQuery as exc:
         return status(IDENTIFIER_INVALID, exc)
     except PacsError as exc:

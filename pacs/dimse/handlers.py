@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from . import command as cmd
 from . import policy
+from ..access import Caller
 from ..errors import PacsError, error_comment
 from .status import SUCCESS, Status
 
@@ -56,7 +57,7 @@ def _store(request: DimseRequest) -> Status:
         result = request.archive.ingest_file(
             request.dataset_path, source="dimse", calling_ae=calling,
             expected_sop_class=request.sop_class, consume=True,
-            sha256=getattr(spool, "sha256", None),
+            sha256=getattr(spool, "sha256", None), caller=Caller.for_ae(calling, "write"),
         )
     except PacsError as exc:
         log.info("C-STORE from %s refused: %s (0x%04X)", calling, exc.reason, exc.dimse_status)

@@ -59,7 +59,8 @@ NOT_AUTHORIZED = 0x0124
 OPERATIONS = aes.OPERATIONS
 #: How a refused operation is named in the Error Comment.
 _VERBS = {"echo": "echo", "store": "store", "find": "query", "move": "retrieve (C-MOVE)",
-          "get": "retrieve (C-GET)", "commitment": "request storage commitment"}
+          "get": "retrieve (C-GET)", "commitment": "request storage commitment",
+          "mwl": "query the modality worklist", "mpps": "report procedure steps (MPPS)"}
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
+from ..errors import InvalidQuery
 from . import command as cmd
 from . import audit
 from .association import Association, Context, Message
@@ -77,12 +78,19 @@ class DimseRequest:
         return spool.path if spool is not None else None
 
     def identifier(self) -> Dataset:
-        """The data set decoded with the context's transfer syntax (an empty one if none)."""
+        """The data set decoded with the context's transfer syntax (an empty one if none).
+        Every element is decoded here, items too: one that cannot be (its length or value
+        does not fit its VR) raises :class:`~pacs.errors.InvalidQuery`, 0xA900."""
         if self._identifier is None:
             spool = self.message.dataset
             data = bytes(spool.data) if spool is not None and spool.data is not None else b""
             syntax = UID(self.context.transfer_syntax)
-            self._identifier = read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
+            try:
+                identifier = read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
+            except Exception as exc:  # pydicom raises many types on malformed input
+                raise InvalidQuery(f"data set cannot be decoded ({type(exc).__name__})") from None
+            decode_elements(identifier)
+            self._identifier = identifier
         return self._identifier
 
     def cancelled(self) -> bool:
@@ -101,6 +109,19 @@ class DimseRequest:
         command = cmd.response(self.command, RESPONSE_FIELD[self.command.field], status.code,
                                comment=status.comment, has_dataset=dataset is not None, extra=extra)
         self.assoc.send(self.context.context_id, command, dataset, defer=defer)
+
+
+def decode_elements(ds: Dataset) -> None:
+    """Decode every element of ``ds`` and of its items now (pydicom decodes an element on
+    first access, so a malformed one would otherwise fail in the middle of a handler)."""
+    for tag in list(ds.keys()):
+        try:
+            elem = ds[tag]
+        except Exception as exc:  # e.g. a UL of 9 bytes, a bad item in a sequence
+            raise InvalidQuery(f"element {tag} cannot be decoded ({type(exc).__name__})") from None
+        if elem.VR == "SQ":
+            for item in elem.value:
+                decode_elements(item)
 
 
 def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:

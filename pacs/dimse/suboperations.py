@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Iterator, Protocol
 from pydicom.uid import UID
 
 from .. import retrieve
+from ..access import Caller
 from ..errors import InvalidQuery, PacsError, StorageUnavailable
 from ..query import Level
 from ..retrieve import RetrieveFailure, RetrieveItem
@@ -108,7 +109,8 @@ def plan_or_refusal(request: DimseRequest, operation: str,
         levels = models.get(request.sop_class)
         if levels is None:
             raise InvalidQuery("unsupported information model")
-        return retrieve.plan(request.archive, retrieve.query_from_identifier(request.identifier(), levels))
+        query = retrieve.query_from_identifier(request.identifier(), levels)
+        return request.archive.plan_retrieve(query, caller=Caller.for_ae(request.calling_ae, "read"))
     except InvalidQuery as exc:
         return status(IDENTIFIER_INVALID, exc)
     except StorageUnavailable as exc:

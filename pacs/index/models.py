@@ -218,6 +218,9 @@ class RemoteAE(Base):
     allow_move: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     allow_get: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     allow_commitment: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # Modality Worklist C-FIND and MPPS N-CREATE/N-SET; migration 0010.
+    allow_mwl: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    allow_mpps: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class CommitmentRequest(Base):

@@ -80,12 +80,28 @@ def upsert_series(conn: Connection, series_uid: str, study_pk: int, series: dict
     return int(row.id), created
 
 
-def _add_to_set(current: str, value: str) -> str:
-    """``current`` (backslash-separated, sorted) with ``value`` added."""
+#: Characters the study's modality set may take (its column, ``study.modalities``): a
+#: study whose series have more distinct modalities lists those that fit (ModalitiesInStudy
+#: is still matched on every series, pacs/query/sql.py).
+MODALITIES_ROOM = 256
+
+
+def _add_to_set(current: str, value: str, room: int | None = None) -> str:
+    """``current`` (backslash-separated, sorted) with ``value`` added; with ``room``,
+    ``current`` as it is when the set would grow longer than that."""
     items = {v for v in current.split("\\") if v}
     if value:
         items.add(value)
-    return "\\".join(sorted(items))
+    joined = "\\".join(sorted(items))
+    return current if room is not None and len(joined) > room else joined
+
+
+def _set_within(items: list[str], room: int) -> str:
+    """The sorted set of ``items``, those that fit in ``room`` characters, in order."""
+    joined = ""
+    for item in items:
+        joined = _add_to_set(joined, item, room)
+    return joined
 
 
 _BUMP_SERIES = (
@@ -113,7 +129,7 @@ def bump_counts(
     conn.execute(_BUMP_SERIES, {"b_pk": series_pk, "b_now": now})
     conn.execute(_BUMP_STUDY, {
         "b_pk": study.id, "b_now": now, "b_new_series": 1 if new_series else 0,
-        "b_modalities": _add_to_set(study.modalities, modality) if new_series else study.modalities,
+        "b_modalities": _add_to_set(study.modalities, modality, MODALITIES_ROOM) if new_series else study.modalities,
         "b_sop_classes": _add_to_set(study.sop_classes, sop_class),
     })
 
@@ -137,7 +153,7 @@ def recompute_study(conn: Connection, study_pk: int) -> None:
         update(Study).where(Study.id == study_pk).values(
             num_series=len(series_rows),
             num_instances=sum(r[2] for r in series_rows),
-            modalities="\\".join(sorted({r[1] for r in series_rows if r[1]})),
+            modalities=_set_within(sorted({r[1] for r in series_rows if r[1]}), MODALITIES_ROOM),
             sop_classes="\\".join(sorted(classes)),
         )
     )
@@ -239,6 +255,6 @@ def entry_after_bump(study: Any, patient: dict[str, Any], patient_pk: int, serie
     """The cache entry for the state :func:`bump_counts` just wrote."""
     return SeriesEntry(
         study.study_uid, tuple(sorted(patient.items())), patient_pk, study.id, series_pk,
-        _add_to_set(study.modalities, modality) if new_series else study.modalities,
+        _add_to_set(study.modalities, modality, MODALITIES_ROOM) if new_series else study.modalities,
         _add_to_set(study.sop_classes, sop_class),
     )

@@ -77,8 +77,11 @@ def make_matcher(keyword: str, values: list[str], attributes: Mapping[str, Attri
     attr = attributes.get(keyword)
     if attr is None:
         raise InvalidQuery(f"matching on {keyword} is not supported")
-    values = [v.strip() if attr.vr != "PN" else v.strip(" ") for v in values if v is not None]
+    values = [v.rstrip("\x00") for v in values if v is not None]  # trailing NULs: padding
+    values = [v.strip() if attr.vr != "PN" else v.strip(" ") for v in values]
     values = [v for v in values if v != ""]
+    if any("\x00" in v for v in values):  # in no DICOM character repertoire; PostgreSQL refuses it
+        raise InvalidQuery(f"{keyword}: a value contains a NUL character")
     if not values:
         return Matcher(keyword, MatchKind.UNIVERSAL)
     if attr.vr == "UI":
