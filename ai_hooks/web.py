@@ -150,9 +150,14 @@ async def _warm_up(app: web.Application) -> None:
         _warm_up_soon()
 
 
+def _delivery_audit(message: outbox.Message) -> tuple[str, str]:
+    """An AI delivery's audit action and study (webhook and push bodies both name it)."""
+    return "ai-delivery", str(json.loads(message.body).get("study_uid") or "")
+
+
 def setup(app: web.Application, archive: Archive | None = None) -> None:
     """Routes, middleware and server hooks (see module doc)."""
-    from pacs.server import CONSUMERS, OUTBOX_ORDERED, OUTBOX_SIGNERS, OUTBOX_TRANSPORTS
+    from pacs.server import CONSUMERS, OUTBOX_AUDITED, OUTBOX_ORDERED, OUTBOX_SIGNERS, OUTBOX_TRANSPORTS
 
     archive = archive or app[ARCHIVE]
     app.router.add_get(PREFIX + "/subscriptions", list_subscriptions)
@@ -177,3 +182,5 @@ def setup(app: web.Application, archive: Archive | None = None) -> None:
         app[OUTBOX_SIGNERS][subscriptions.WEBHOOK_CHANNEL] = signer
         app[OUTBOX_TRANSPORTS][subscriptions.PUSH_CHANNEL] = push.transport(archive)
         app[OUTBOX_ORDERED].append(subscriptions.WEBHOOK_CHANNEL)
+        for channel in (subscriptions.WEBHOOK_CHANNEL, subscriptions.PUSH_CHANNEL):
+            app[OUTBOX_AUDITED][channel] = _delivery_audit

@@ -19,11 +19,13 @@ import contextlib
 import logging
 import time
 from typing import Awaitable, Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from . import outbox
 from .archive import Archive
+from .audit import Record
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ Signer = Callable[[outbox.Message], dict[str, str]]
 #: push), answering an HTTP-like status: 2xx delivered, transient (see :func:`transient`)
 #: retried, other codes dead at once. OSError means transient too.
 Transport = Callable[[outbox.Message], Awaitable[int]]
+#: Channel prefix -> function of the message returning (audit action, study UID).
+Describer = Callable[[outbox.Message], tuple[str, str]]
 TRANSIENT = {408, 425, 429}
 
 
@@ -45,11 +49,15 @@ class OutboxSender:
     """Claims and sends due messages; one per server process (several may share a database)."""
 
     def __init__(self, archive: Archive, signers: dict[str, Signer] | None = None,
-                 transports: dict[str, Transport] | None = None, ordered: tuple[str, ...] = ()) -> None:
+                 transports: dict[str, Transport] | None = None, ordered: tuple[str, ...] = (),
+                 audited: dict[str, Describer] | None = None) -> None:
         self.archive = archive
         self.settings = archive.settings
         self.signers = dict(signers or {})
         self.transports = dict(transports or {})
+        #: Channel prefixes whose deliveries disclose patient data: each attempt goes to the
+        #: audit trail (pacs/audit.py) as the describer's (action, study UID).
+        self.audited = dict(audited or {})
         #: Channel prefixes delivered in order, one message at a time (outbox.claim_due).
         self.ordered = tuple(ordered)
         self._wake: asyncio.Event | None = None
@@ -104,13 +112,30 @@ class OutboxSender:
                     await resp.read()
                     status = resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self._audit(message, 0, type(exc).__name__)
             await self._failed(message, f"{type(exc).__name__}: {exc}"[:512] or type(exc).__name__, None, True)
             return
+        self._audit(message, status, "" if 200 <= status < 300 else f"HTTP {status}")
         if 200 <= status < 300:
             await asyncio.to_thread(outbox.mark_delivered, self.archive.db, message, status)
             log.info("outbox: message %d (%s) delivered, HTTP %d", message.id, message.channel, status)
             return
         await self._failed(message, f"HTTP {status}", status, transient(status))
+
+    def _audit(self, message: outbox.Message, status: int, failure: str) -> None:
+        """One delivery attempt of an audited channel, as an audit event (never raises)."""
+        describe = next((d for p, d in self.audited.items() if message.channel.startswith(p)), None)
+        if describe is None:
+            return
+        try:
+            action, study_uid = describe(message)
+        except Exception:  # a body we cannot read still gets its event, without the study
+            action, study_uid = "delivery", ""
+        self.archive.audit.record(Record(
+            door="outbox", action=action, status=status, actor=message.channel, credential="outbox",
+            outcome="failure" if failure else "success", reason=failure,
+            route=f"{message.method} {urlsplit(message.target_url).netloc or message.target_url}"[:128],
+            study_uid=study_uid, details=f"message={message.id} attempt={message.attempts}"))
 
     async def _failed(self, message: outbox.Message, error: str, status: int | None, retry: bool) -> None:
         attempts = self.settings.outbox_max_attempts if retry else message.attempts

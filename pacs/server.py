@@ -38,6 +38,8 @@ CONSUMERS = web.AppKey("consumers", list)
 OUTBOX_SIGNERS = web.AppKey("outbox_signers", dict)
 OUTBOX_TRANSPORTS = web.AppKey("outbox_transports", dict)
 OUTBOX_ORDERED = web.AppKey("outbox_ordered", list)
+#: Channel prefix -> (action, study UID) of a message: its deliveries go to the audit trail.
+OUTBOX_AUDITED = web.AppKey("outbox_audited", dict)
 CONSUME_EVERY = 0.5
 ORPHAN_SWEEP_EVERY = 60.0
 
@@ -91,7 +93,7 @@ def build_application(
     check_bind(archive.settings)
     app = create_app(archive)
     app[CONSUMERS] = []
-    app[OUTBOX_SIGNERS], app[OUTBOX_TRANSPORTS], app[OUTBOX_ORDERED] = {}, {}, []
+    app[OUTBOX_SIGNERS], app[OUTBOX_TRANSPORTS], app[OUTBOX_ORDERED], app[OUTBOX_AUDITED] = {}, {}, [], {}
     add_http_doors(app, archive)
     setup_viewer(app, archive.settings)  # /viewer: the OHIF viewer, once installed
 
@@ -104,7 +106,8 @@ def build_application(
         await asyncio.to_thread(dimse.start, None, dimse_port, dimse_tls_port)
         app[DIMSE] = dimse
         app[OUTBOX] = sender = OutboxSender(archive, signers=app[OUTBOX_SIGNERS],
-                                            transports=app[OUTBOX_TRANSPORTS], ordered=tuple(app[OUTBOX_ORDERED]))
+                                            transports=app[OUTBOX_TRANSPORTS], ordered=tuple(app[OUTBOX_ORDERED]),
+                                            audited=app[OUTBOX_AUDITED])
         tasks = [asyncio.create_task(_stability_loop(archive)), asyncio.create_task(_orphan_loop(archive)),
                  asyncio.create_task(sender.run())]
         if app[CONSUMERS]:

@@ -124,6 +124,15 @@ async def test_webhook_signed_retried_in_order_and_token_scoped(ai_server: Threa
                 ("delivered", 3, 200), ("delivered", 1, 200)]
             assert (await api(s, "GET", ai_server.base_url + f"/api/ai/deliveries?subscription={other['id']}"))[
                 "deliveries"] == []
+            # every attempt is in the audit trail (door outbox), with its outcome and study
+            audit = await api(s, "GET", ai_server.base_url + "/api/audit?door=outbox&action=ai-delivery")
+            p1, p2 = (str(next(generate_ct_series(1, seed=n, rows=64, columns=64)).PatientID) for n in (1, 2))
+            assert [(e["status"], e["outcome"], e["reason"], e["study_uid"], e["actor"], e["patient_id"])
+                    for e in audit["events"]] == [
+                (503, "failure", "HTTP 503", first, f"ai:{sub['id']}", p1),
+                (503, "failure", "HTTP 503", first, f"ai:{sub['id']}", p1),
+                (200, "success", "", first, f"ai:{sub['id']}", p1),
+                (200, "success", "", second, f"ai:{sub['id']}", p2)]
             # redeliver on demand: the same message, same key
             mid = log["deliveries"][0]["id"]
             await api(s, "POST", ai_server.base_url + f"/api/ai/deliveries/{mid}/redeliver")

@@ -445,3 +445,20 @@ async def test_part_of_dicom_json_type_among_instances_415(server: ThreadedServe
     assert status == 415 and answer == {"error": "part 1 is application/dicom+json, not application/dicom"}
     status, _, answer = await post(server, "/studies", to_bytes(ds), "application/dicom+xml")
     assert status == 415 and "application/dicom+xml is not supported" in answer["error"]
+
+
+async def test_one_sop_instance_uid_twice_in_a_request_leaves_one_object(server: ThreadedServer) -> None:
+    """Regression (fuzz run): two parts under one SOP Instance UID with different content
+    are ingested concurrently; the loser was refused (C002) but its object stayed in the
+    store, and its spool in the incoming folder, until the orphan sweep."""
+    [ds] = study_of(1)
+    other = make_ct(study=ds.StudyInstanceUID, series=ds.SeriesInstanceUID, sop=ds.SOPInstanceUID, seed=99)
+    status, _, answer = await post(server, "/studies", body(to_bytes(ds), to_bytes(other)))
+    assert status == 202
+    assert answer["00081198"]["Value"] == [failed(DUPLICATE_CONFLICT, ds.SOPClassUID, ds.SOPInstanceUID)]
+    [kept] = stored_blobs(server).values()
+    assert kept in (to_bytes(ds), to_bytes(other))
+    assert server.archive is not None
+    objects = Path(server.archive.settings.resolved_storage_url)
+    assert len([p for p in objects.rglob("*.dcm") if ".tmp" not in p.parts]) == 1
+    assert incoming_files(server) == []
