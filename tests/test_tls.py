@@ -129,6 +129,18 @@ def _associate(port: int, context: ssl.SSLContext | None, calling: str = "MODALI
                         tls_args=(context, "localhost") if context is not None else None)
 
 
+def _refused(port: int, context: ssl.SSLContext | None, calling: str) -> bool:
+    """Rejected with "calling AE title not recognised". Never accepted: an attempt that
+    ends without an answer at all (seen rarely under the full suite's load on PostgreSQL,
+    cause not found yet) is tried again, at most three times."""
+    for _ in range(3):
+        assoc = _associate(port, context, calling)
+        assert not assoc.is_established
+        if assoc.is_rejected:
+            return (assoc.acceptor.primitive.result_source, assoc.acceptor.primitive.diagnostic) == (1, 3)
+    return False
+
+
 def _echo_ok(port: int, context: ssl.SSLContext | None, calling: str = "MODALITY") -> bool:
     assoc = _associate(port, context, calling)
     if not assoc.is_established:
@@ -220,8 +232,8 @@ def test_certificates_bound_to_ae_titles(settings: Settings, pki: Pki) -> None:
         rejected = _associate(port, ct1, "IMPOSTOR")
         assert rejected.is_rejected and (rejected.acceptor.primitive.result_source,
                                          rejected.acceptor.primitive.diagnostic) == (1, 3)
-        assert _associate(port, ws1, "CT1").is_rejected  # another certificate
-        assert _associate(server.dimse_port, None, "CT1").is_rejected  # the plain port
+        assert _refused(port, ws1, "CT1")  # another certificate
+        assert _refused(server.dimse_port, None, "CT1")  # the plain port
         assert _echo_ok(port, ws1, "WS1")  # unbound certificates and titles are unaffected
         assert _echo_ok(server.dimse_port, None, "WS1")
     finally:
