@@ -27,19 +27,15 @@ import base64
 import hashlib
 import hmac
 import json
-import secrets
-import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from aiohttp import web
-from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
 
 from pacs.errors import PacsError
 from pacs.index.db import Database
-from pacs.index.models import SchemaMeta
+from pacs.index.keys import stored_key
 from pacs.web import ARCHIVE, run_blocking
 
 if TYPE_CHECKING:
@@ -51,8 +47,6 @@ KEY_NAME = "ai_token_key"
 #: them only with ``StudyInstanceUID`` equal to its study.
 SEARCHES = ("studies", "series", "instances")
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
-_keys: dict[str, bytes] = {}
-_lock = threading.Lock()
 
 
 class Forbidden(PacsError):
@@ -81,23 +75,8 @@ def _unb64(text: str) -> bytes:
 
 
 def signing_key(db: Database) -> bytes:
-    """The token key of this database: read, or created once (the first writer wins)."""
-    with _lock:
-        if db.url in _keys:
-            return _keys[db.url]
-    with db.read() as conn:
-        value = conn.execute(select(SchemaMeta.value).where(SchemaMeta.key == KEY_NAME)).scalar()
-    if value is None:
-        try:
-            with db.write() as conn:
-                conn.execute(insert(SchemaMeta).values(key=KEY_NAME, value=secrets.token_hex(32)))
-        except IntegrityError:  # another process created it first
-            pass
-        with db.read() as conn:
-            value = conn.execute(select(SchemaMeta.value).where(SchemaMeta.key == KEY_NAME)).scalar_one()
-    with _lock:
-        _keys[db.url] = bytes.fromhex(value)
-    return _keys[db.url]
+    """The token key of this database (:func:`pacs.index.keys.stored_key`)."""
+    return stored_key(db, KEY_NAME)
 
 
 def issue(key: bytes, study_uid: str, subscription_id: int, ttl: float, now: float | None = None) -> tuple[str, float]:

@@ -53,8 +53,6 @@ import hashlib
 import hmac
 import io
 import logging
-import secrets
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -68,14 +66,13 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
-from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
 
-from .errors import InvalidQuery, PacsError
+from .errors import InvalidQuery
+from .index.keys import stored_key
+from .retrieve import RetrieveFailure
 
 if TYPE_CHECKING:
     from .archive import Archive
-    from .index.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +91,11 @@ _DICOM_ROOT = "1.2.840.10008."
 _REGISTRY_UIDS = frozenset({"CodingSchemeUID", "ContextUID", "MappingResourceUID",
                             "ContextGroupExtensionCreatorUID", "TransferSyntaxUID"})
 _PSEUDONYM_TAGS = (0x00100010, 0x00100020)  # Patient's Name, Patient ID
-_keys: dict[str, bytes] = {}
-_lock = threading.Lock()
 
 
-class DeidentificationFailed(PacsError):
-    """An object could not be read or written while de-identifying it."""
-
-    http_status = 500
+class DeidentificationFailed(RetrieveFailure):
+    """An object could not be read or written while de-identifying it: that instance
+    cannot be sent (406 over DICOMweb, a failed sub-operation over DIMSE)."""
 
 
 # -- the table ---------------------------------------------------------------------------
@@ -309,32 +303,10 @@ def deidentify_dataset_bytes(data: bytes, transfer_syntax: str, remap: UidRemapp
 
 
 # -- the secret and the request -------------------------------------------------------------
-def _stored_key(db: Database) -> bytes:
-    """The archive's key in ``schema_meta``: read, or created once (the first writer wins)."""
-    from .index.models import SchemaMeta
-
-    with _lock:
-        if db.url in _keys:
-            return _keys[db.url]
-    with db.read() as conn:
-        value = conn.execute(select(SchemaMeta.value).where(SchemaMeta.key == KEY_NAME)).scalar()
-    if value is None:
-        try:
-            with db.write() as conn:
-                conn.execute(insert(SchemaMeta).values(key=KEY_NAME, value=secrets.token_hex(32)))
-        except IntegrityError:  # another process created it first
-            pass
-        with db.read() as conn:
-            value = conn.execute(select(SchemaMeta.value).where(SchemaMeta.key == KEY_NAME)).scalar_one()
-    with _lock:
-        _keys[db.url] = bytes.fromhex(value)
-    return _keys[db.url]
-
-
 def remapper_for(archive: Archive) -> UidRemapper:
     """The UID remapper of this archive (blocking: may read or create the stored key)."""
     configured = archive.settings.deidentify_secret
-    return UidRemapper(configured.encode("utf-8") if configured else _stored_key(archive.db))
+    return UidRemapper(configured.encode("utf-8") if configured else stored_key(archive.db, KEY_NAME))
 
 
 def requested(values: list[str]) -> bool:

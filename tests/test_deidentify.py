@@ -24,6 +24,7 @@ from pydicom.uid import RLELossless
 from pacs import deidentify
 from pacs.archive import Archive
 from pacs.errors import InvalidQuery
+from pacs.index.keys import forget_cached_keys
 from pacs.settings import Settings
 
 from .ai_support import until
@@ -142,7 +143,7 @@ def test_mapping_is_stable_across_archives_and_keyed(settings: Settings) -> None
         mapped = deidentify.remapper_for(one)(ds.SOPInstanceUID)
     finally:
         one.close()
-    deidentify._keys.clear()  # forget the cached key, as a fresh process would
+    forget_cached_keys()  # forget the cached key, as a fresh process would
     two = Archive(settings)
     try:
         remap = deidentify.remapper_for(two)
@@ -165,6 +166,13 @@ def test_parameter_values() -> None:
     for bad in (["yes"], [""], ["basic", "basic"], ["BASIC"]):
         with pytest.raises(InvalidQuery, match="deidentify must be"):
             deidentify.requested(bad)
+
+
+def test_unreadable_object_is_a_failed_instance_not_a_server_error() -> None:
+    remap = deidentify.UidRemapper(b"k" * 32)
+    with pytest.raises(deidentify.DeidentificationFailed, match="object unreadable") as refused:
+        deidentify.deidentify_part10(b"\x00" * 64, remap)
+    assert (refused.value.http_status, refused.value.dimse_status) == (406, 0xA702)
 
 
 # -- WADO-RS ------------------------------------------------------------------------------
