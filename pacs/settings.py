@@ -244,7 +244,7 @@ class Settings:
         default=89_478_485,
     )
     rate_limit_per_second: float = _doc(
-        "HTTP requests per second one client (its token, else its address) may make on average; "
+        "HTTP requests per second one client (its network address) may make on average; "
         "beyond the burst the answer is 429 with `Retry-After`. 0: no limit.",
         default=300.0,
     )
@@ -257,6 +257,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.max_decoded_bytes < 0 or self.render_max_pixels < 0 or self.rate_limit_per_second < 0:
             raise ValueError("max_decoded_bytes, render_max_pixels and rate_limit_per_second must not be negative")
+        if self.deidentify_secret and len(self.deidentify_secret.encode("utf-8")) < 16:
+            raise ValueError("deidentify_secret must be at least 16 characters")
         if self.rate_limit_per_second and self.rate_limit_burst < 1:
             raise ValueError("rate_limit_burst must be at least 1 when rate_limit_per_second is set")
         if (self.oidc_jwks_url or self.oidc_public_key) and not (self.oidc_issuer and self.oidc_audience):

@@ -108,7 +108,8 @@ def test_settings_defaults_and_urls(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("env", [{"PACS_DUPLICATE_POLICY": "maybe"}, {"PACS_AE_TITLE": "X" * 17},
-                                 {"PACS_DIMSE_PORT": "abc"}])
+                                 {"PACS_DIMSE_PORT": "abc"}, {"PACS_DEIDENTIFY_SECRET": "too short"},
+                                 {"PACS_RATE_LIMIT_PER_SECOND": "-1"}, {"PACS_MAX_DECODED_BYTES": "-1"}])
 def test_settings_rejects_bad_values(env: dict) -> None:
     with pytest.raises(ValueError):
         load_settings(env=env)
