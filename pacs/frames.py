@@ -220,14 +220,21 @@ def stored_frame(archive: Any, source: PixelSource, number: int) -> bytes:
     if ranges is not None and ranges[number - 1]:
         return _ranged_frame(archive, source, ranges[number - 1])
     ds = load_dataset(archive, source)
+    if source.compressed:
+        return _encapsulated_frame(ds, source, number)
     if "PixelData" not in ds:
         raise NotFound(f"instance {source.sop_instance_uid} has no pixel data")
-    if source.compressed:
-        frames = generate_frames(ds.PixelData, number_of_frames=source.frames)
-        for _ in range(number - 1):
-            next(frames)
-        return next(frames)
     return native_frame_from_dataset(ds, number)
+
+
+def _encapsulated_frame(ds: Dataset, source: PixelSource, number: int) -> bytes:
+    """Frame ``number`` of a loaded compressed object, its fragments joined (PS3.5 A.4)."""
+    if "PixelData" not in ds:
+        raise NotFound(f"instance {source.sop_instance_uid} has no pixel data")
+    frames = generate_frames(ds.PixelData, number_of_frames=source.frames)
+    for _ in range(number - 1):
+        next(frames)
+    return next(frames)
 
 
 def native_frame_from_dataset(ds: Dataset, number: int) -> bytes:
@@ -284,9 +291,10 @@ def decoded_frame_array(archive: Any, source: PixelSource, number: int, *, as_rg
             options = {**decode_options(source)}
             array, _ = get_decoder(ExplicitVRLittleEndian).as_array(data, index=0, raw=not as_rgb, **options)
             return array
+        ds = load_dataset(archive, source)  # the slow path: read once, checked, decoded
         if source.compressed:  # the codestream's own header, before the decoder trusts it
-            check_frame(source.attributes, stored_frame(archive, source, number), limit)
-        return pixel_array(load_dataset(archive, source), index=number - 1, raw=not as_rgb)
+            check_frame(source.attributes, _encapsulated_frame(ds, source, number), limit)
+        return pixel_array(ds, index=number - 1, raw=not as_rgb)
     except PacsError:
         raise
     except Exception as exc:  # decoders raise many types (missing plugin, corrupt data)

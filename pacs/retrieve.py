@@ -233,11 +233,12 @@ def _check_decoded_size(ds: Dataset, limit: int) -> None:
         return
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     attrs = {key: ds.get(key) for key in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated")}
-    try:
-        encoded = list(generate_frames(ds.PixelData, number_of_frames=frames))
+    try:  # one frame at a time: only each header is read
+        check_object(attrs, generate_frames(ds.PixelData, number_of_frames=frames), frames, limit)
+    except PacsError:
+        raise
     except Exception as exc:  # malformed encapsulation: the decoder would fail the same way
         raise RetrieveFailure(f"cannot read the encapsulated frames: {type(exc).__name__}") from exc
-    check_object(attrs, encoded, frames, limit)
 
 
 def encode_dataset(ds: Dataset, target: str) -> bytes:
