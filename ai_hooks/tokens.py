@@ -29,17 +29,16 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from pacs.access import Caller
 from pacs.errors import PacsError
 from pacs.index.db import Database
 from pacs.index.keys import stored_key
 from pacs.web import ARCHIVE, run_blocking
 
-if TYPE_CHECKING:
-    from pacs.auth import Principal
 
 PREFIX = "pacsai1"
 KEY_NAME = "ai_token_key"
@@ -133,17 +132,17 @@ async def claims_of(request: web.Request) -> TokenClaims | None:
         raise unauthorized(str(exc)) from None
 
 
-async def principal_of(request: web.Request, token: str) -> "Principal":
+async def principal_of(request: web.Request, token: str) -> Caller:
     """The verifier pacs/auth.py calls for ``pacsai1.`` tokens: read, STOW-RS and AI results,
     confined to the token's study (:func:`check_dicomweb_scope`, ai_hooks/web.py post_results)."""
-    from pacs.auth import InvalidCredentials, Principal
+    from pacs.auth import InvalidCredentials
 
     key = await run_blocking(signing_key, request.app[ARCHIVE].db)
     try:
         claims = verify(key, token)
     except InvalidToken as exc:
         raise InvalidCredentials(str(exc)) from None
-    return Principal(f"ai-subscription:{claims.subscription_id}", "study-token", frozenset({"read", "write", "ai"}),
+    return Caller(f"ai-subscription:{claims.subscription_id}", "study-token", frozenset({"read", "write", "ai"}),
                      study=claims.study_uid, token_id=f"subscription-{claims.subscription_id}")
 
 

@@ -46,15 +46,11 @@ SYMMETRIC = ["HS256", "HS384", "HS512"]
 LEEWAY_SECONDS = 30
 
 
-#: The caller of a request (pacs/access.py): the archive service authorises it again.
-Principal = Caller
-
-
 def caller_of(request: web.Request) -> Caller:
     """The authenticated caller of ``request``, for the archive service calls it makes;
     :data:`~pacs.access.NOBODY` (no scope) if authentication never ran."""
     return request.get("principal", NOBODY)
-Verifier = Callable[[web.Request, str], Awaitable[Principal]]
+Verifier = Callable[[web.Request, str], Awaitable[Caller]]
 #: Bearer-token prefix -> verifier (raises :class:`InvalidCredentials`), added by doors.
 TOKEN_VERIFIERS = web.AppKey("token_verifiers", dict)
 
@@ -114,7 +110,7 @@ class JwtVerifier:
     def configured(self) -> bool:
         return bool(self.jwks or self.static_key)
 
-    def verify(self, token: str) -> Principal:
+    def verify(self, token: str) -> Caller:
         """Blocking (a JWKS fetch when the key id is new): run in an executor."""
         if not self.configured:
             raise InvalidCredentials("no OIDC issuer is configured")
@@ -129,7 +125,7 @@ class JwtVerifier:
             raise InvalidCredentials(f"invalid access token: {type(exc).__name__}") from None
         raw = claims.get("scope") or claims.get("scp") or ""
         names = raw.split() if isinstance(raw, str) else [str(s) for s in raw] if isinstance(raw, list) else []
-        return Principal(str(claims["sub"])[:256], "jwt", frozenset(names) & frozenset(SCOPES))
+        return Caller(str(claims["sub"])[:256], "jwt", frozenset(names) & frozenset(SCOPES))
 
 
 JWT = web.AppKey("jwt_verifier", JwtVerifier)
@@ -142,7 +138,7 @@ def bearer(request: web.Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-async def authenticate(request: web.Request, token: str) -> Principal:
+async def authenticate(request: web.Request, token: str) -> Caller:
     """The principal of a bearer token; raises :class:`InvalidCredentials`."""
     from .web import ARCHIVE
 
@@ -155,11 +151,11 @@ async def authenticate(request: web.Request, token: str) -> Principal:
             info = await loop.run_in_executor(None, api_tokens.verify, request.app[ARCHIVE].db, token)
         except api_tokens.InvalidApiToken as exc:
             raise InvalidCredentials(str(exc)) from None
-        return Principal(f"token:{info.name}", "api-token", info.scopes, token_id=info.id)
+        return Caller(f"token:{info.name}", "api-token", info.scopes, token_id=info.id)
     return await loop.run_in_executor(None, request.app[JWT].verify, token)
 
 
-def authorise(principal: Principal, scope: str, request: web.Request) -> None:
+def authorise(principal: Caller, scope: str, request: web.Request) -> None:
     """403 unless ``principal`` holds ``scope`` (and, study-scoped, stays on its paths)."""
     if scope not in principal.scopes:
         raise forbidden(f"this request needs the {scope} scope")
