@@ -54,6 +54,17 @@ def database_url(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def module_database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An index database URL for a module's one long-lived server (SQLite file or a
+    PostgreSQL schema, dropped after the module)."""
+    if TEST_DB == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('module-db') / 'index.sqlite'}"
+        return
+    with postgres_schema() as url:
+        yield url
+
+
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return load_settings(

@@ -19,15 +19,14 @@ WRITER = Caller("modality", "api-token", frozenset({"write"}))
 RADIOLOGIST = Caller("dr", "jwt", frozenset({"report", "read"}))
 
 
-SOPS: dict[str, str] = {}  # study UID -> its one instance
-
-
-def _two_studies(archive: Archive) -> tuple[str, str]:
-    first, second = short_uid(), short_uid()
-    for study, patient in ((first, "P1"), (second, "P2")):
-        SOPS[study] = archive.ingest_bytes(to_bytes(make_ct(study=study, patient_id=patient)),
+def _two_studies(archive: Archive) -> dict[str, str]:
+    """Two one-instance studies of two patients: study UID -> its SOP Instance UID."""
+    sops = {}
+    for patient in ("P1", "P2"):
+        study = short_uid()
+        sops[study] = archive.ingest_bytes(to_bytes(make_ct(study=study, patient_id=patient)),
                                            source="test").sop_instance_uid
-    return first, second
+    return sops
 
 
 def _study_uids(matches: list) -> list[str]:  # type: ignore[type-arg]
@@ -46,7 +45,7 @@ def _files(archive: Archive) -> list[str]:
 
 
 def test_search_needs_read_and_a_study_token_sees_its_study_only(archive: Archive) -> None:
-    first, second = _two_studies(archive)
+    first, second = _two_studies(archive)  # the keys, in order
     everything = Query(Level.STUDY)
     assert _study_uids(archive.search(everything, caller=READER)) == sorted([first, second])
     with pytest.raises(Forbidden, match="needs the read scope"):
@@ -62,15 +61,16 @@ def test_search_needs_read_and_a_study_token_sees_its_study_only(archive: Archiv
 
 
 def test_retrieve_and_pixel_access_are_confined(archive: Archive) -> None:
-    first, second = _two_studies(archive)
+    sops = _two_studies(archive)
+    first, second = sops
     confined = Caller("engine", "study-token", frozenset({"read"}), study=first)
     planned = archive.plan_retrieve(Query(Level.IMAGE), caller=confined)
-    assert [item.sop_instance_uid for item in planned] == [SOPS[first]]
+    assert [item.sop_instance_uid for item in planned] == [sops[first]]
     rows = archive.instance_metadata(Query(Level.IMAGE), caller=confined)
     assert {row.study_uid for row in rows} == {first}
     held = archive.instance_metadata(Query(Level.IMAGE, [make_matcher("StudyInstanceUID", [second])]),
                                      caller=READER)
-    assert [row.sop_uid for row in held] == [SOPS[second]]
+    assert [row.sop_uid for row in held] == [sops[second]]
     with pytest.raises(Forbidden, match="one other study"):
         archive.locate(second, held[0].series_uid, held[0].sop_uid, caller=confined)
     with pytest.raises(Forbidden, match="one other study"):
@@ -79,7 +79,7 @@ def test_retrieve_and_pixel_access_are_confined(archive: Archive) -> None:
 
 
 def test_delete_needs_the_delete_scope_and_its_study(archive: Archive) -> None:
-    first, second = _two_studies(archive)
+    first, second = _two_studies(archive)  # the keys, in order
     with pytest.raises(Forbidden, match="needs the delete scope"):
         archive.delete(first, caller=READER)
     confined = Caller("x", "study-token", frozenset({"delete"}), study=second)

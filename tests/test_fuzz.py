@@ -59,7 +59,6 @@ from pacs.query.attributes import COMPUTED, MATCHABLE
 from pacs.settings import load_settings
 from pacs.storage.folder import TEMP_DIR_NAME
 
-from .conftest import TEST_DB, postgres_schema
 from .factory import make_ct, short_uid, to_bytes
 from .query_cases import build_datasets
 from .servers import ThreadedServer
@@ -166,21 +165,12 @@ class Fuzzed:
 
 
 @pytest.fixture(scope="module")
-def fuzz_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The index of the module's one server: a SQLite file or a PostgreSQL schema."""
-    if TEST_DB == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('fuzz-db') / 'index.sqlite'}"
-        return
-    with postgres_schema() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def fuzzed(fuzz_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
+def fuzzed(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     """One real server (HTTP and DIMSE) with the matching data set of tests/query_cases.py,
     an ERROR log watcher and a bystander client."""
-    settings_ = load_settings(env={}, data_dir=tmp_path_factory.mktemp("fuzz-data"), database_url=fuzz_db,
-                              dimse_port=0, http_port=0, stable_seconds=60, shutdown_timeout=5)
+    settings_ = load_settings(env={}, data_dir=tmp_path_factory.mktemp("fuzz-data"),
+                              database_url=module_database_url, dimse_port=0, http_port=0, stable_seconds=60,
+                              shutdown_timeout=5)
     archive = Archive(settings_)
     datasets, labels = build_datasets()
     shared = short_uid()  # the shared study, of make_ct's patient (STOW-RS examples add series)

@@ -28,7 +28,6 @@ from pacs.importer import import_paths
 from pacs.settings import Settings, load_settings
 from pacs.viewer import OHIF_VERSION, ViewerInstallError, install, sri, viewer_dir
 
-from .conftest import TEST_DB, postgres_schema
 from .servers import ThreadedServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -66,20 +65,11 @@ def viewer_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(scope="module")
-def module_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An index database for the module's one server (SQLite file or a PostgreSQL schema)."""
-    if TEST_DB == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('viewer-db') / 'index.sqlite'}"
-        return
-    with postgres_schema() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def hosted(viewer_cache: Path, module_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
+def hosted(viewer_cache: Path, module_database_url: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
     """The real server with the committed sample files ingested and the viewer installed."""
-    settings = load_settings(env={}, data_dir=tmp_path_factory.mktemp("viewer-data"), database_url=module_db,
-                             dimse_port=0, http_port=0, shutdown_timeout=5, viewer_dir=str(viewer_cache))
+    settings = load_settings(env={}, data_dir=tmp_path_factory.mktemp("viewer-data"),
+                             database_url=module_database_url, dimse_port=0, http_port=0, shutdown_timeout=5, viewer_dir=str(viewer_cache))
     archive = Archive(settings)
     summary = import_paths(archive, [str(SAMPLES)], progress=False)
     assert summary.stored == len(list(SAMPLES.glob("*.dcm"))) and not summary.failed
