@@ -165,3 +165,30 @@ def test_transcoding_for_dimse_is_guarded_too(archive) -> None:  # type: ignore[
         transcoded_bytes(archive, items[forged.SOPInstanceUID], "1.2.840.10008.1.2.1")
     decoded = transcoded_bytes(archive, items[good.SOPInstanceUID], "1.2.840.10008.1.2.1")
     assert good.pixel_array.tobytes() in decoded  # lossless: the pixels themselves
+
+
+@pytest.mark.parametrize("claimed", [None, (60000, 50000)])
+def test_slow_frame_path_reads_the_object_once(archive, claimed) -> None:  # type: ignore[no-untyped-def]
+    """A compressed object whose frames ingest could not locate is read whole once, its
+    frame's header checked, then decoded (or refused) from that one read."""
+    from sqlalchemy import update
+
+    from pacs.access import SYSTEM
+    from pacs.frames import decoded_frame_array
+    from pacs.index.models import Instance
+
+    ds = _j2k_ct(short_uid(), claimed=claimed)
+    archive.ingest_bytes(to_bytes(ds), source="test")
+    with archive.db.write() as conn:  # as for fragments of unknown grouping: no frame offsets
+        conn.execute(update(Instance).where(Instance.sop_instance_uid == ds.SOPInstanceUID)
+                     .values(frame_ranges=None))
+    source = archive.locate(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, caller=SYSTEM)
+    opened = []
+    real_open = archive.store.open
+    archive.store.open = lambda key: opened.append(key) or real_open(key)  # count reads of the real store
+    if claimed is None:
+        assert decoded_frame_array(archive, source, 1).tobytes() == ds.pixel_array.tobytes()
+    else:
+        with pytest.raises(DecodeRefused, match="6,000,000,000 bytes"):
+            decoded_frame_array(archive, source, 1)
+    assert opened == [source.blob_key]
