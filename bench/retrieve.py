@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ops", default="ceiling,move,get", help="comma list of move, get, ceiling (storescp fed by a bare loop, no server)")
     parser.add_argument("--pdu", type=int, default=16384,
                         help="max PDU the dcmtk receivers accept (-pdu; dcmtk default 16384, max 131072)")
+    parser.add_argument("--receiver", choices=("write", "ignore"), default="write",
+                        help="storescp/getscu write each object to disk (default) or receive and "
+                             "discard it (dcmtk --ignore: the server's pace without the receiver's disk)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--extra-env", action="append", default=[], metavar="KEY=VAL")
     parser.add_argument("--keep", action="store_true", help="keep bench/work/run-* folders")
@@ -122,11 +126,25 @@ def register_destination(archive_dir: Path, port: int) -> None:
         db.dispose()
 
 
-def start_storescp(out_dir: Path, pdu: int, log_dir: Path) -> tuple[subprocess.Popen, int]:
+def receiver_options(receiver: str) -> list[str]:
+    """dcmtk options of the receiving side: ``--ignore`` receives every object whole and
+    answers success without writing it; ``-v`` logs one line per C-STORE, counted then."""
+    return ["-v", "--ignore"] if receiver == "ignore" else []
+
+
+def received_count(out_dir: Path, log: Path, receiver: str) -> int:
+    """Objects the receiver got: files written, or C-STORE requests logged (``--ignore``)."""
+    if receiver == "ignore":
+        return len(re.findall(rb"Received (?:C-)?Store Request", log.read_bytes(), re.IGNORECASE))
+    return sum(1 for p in out_dir.iterdir() if p.is_file())
+
+
+def start_storescp(out_dir: Path, pdu: int, log_dir: Path, receiver: str = "write") -> tuple[subprocess.Popen, int]:
     """dcmtk storescp on a free port, ready (answers C-ECHO) when this returns."""
     out_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    cmd = [dcmtk("storescp"), "-aet", DESTINATION_AE, "-pdu", str(pdu), "-od", str(out_dir), str(port)]
+    cmd = [dcmtk("storescp"), "-aet", DESTINATION_AE, "-pdu", str(pdu), *receiver_options(receiver),
+           "-od", str(out_dir), str(port)]
     with open(log_dir / "storescp.log", "wb") as log:
         proc = subprocess.Popen(cmd, env={**os.environ, "TCP_NODELAY": "1"}, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -152,13 +170,15 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(30)
 
 
-def client_command(op: str, server: ServerProcess, study: str, out_dir: Path, pdu: int) -> list[str]:
+def client_command(op: str, server: ServerProcess, study: str, out_dir: Path, pdu: int,
+                   receiver: str = "write") -> list[str]:
     keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
     common = ["-S", "-aec", server.ae_title, "-aet", CALLING_AE, *keys]
     if op == "move":
         return [dcmtk("movescu"), *common, "-aem", DESTINATION_AE, "127.0.0.1", str(server.dimse_port)]
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [dcmtk("getscu"), *common, "-pdu", str(pdu), "-od", str(out_dir), "127.0.0.1", str(server.dimse_port)]
+    output = receiver_options(receiver) or ["-od", str(out_dir)]  # getscu refuses both at once
+    return [dcmtk("getscu"), *common, "-pdu", str(pdu), *output, "127.0.0.1", str(server.dimse_port)]
 
 
 def _dataset_chunks(path: str) -> Iterator[bytes]:
@@ -171,7 +191,7 @@ def _dataset_chunks(path: str) -> Iterator[bytes]:
             yield chunk
 
 
-def run_ceiling(data: DataSet, run_dir: Path, pdu: int) -> dict[str, Any]:
+def run_ceiling(data: DataSet, run_dir: Path, pdu: int, receiver: str = "write") -> dict[str, Any]:
     """The receiver's ceiling: our Storage SCU sends the same files to storescp in a bare
     loop, no archive involved (what C-MOVE could reach if the server cost nothing)."""
     from pydicom import dcmread
@@ -179,7 +199,7 @@ def run_ceiling(data: DataSet, run_dir: Path, pdu: int) -> dict[str, Any]:
     from pacs.dimse.scu import StoreAssociation
 
     out_dir = run_dir / "ceiling-received"
-    storescp, port = start_storescp(out_dir, pdu, run_dir)
+    storescp, port = start_storescp(out_dir, pdu, run_dir, receiver)
     head = dcmread(data.files[0], stop_before_pixels=True)
     contexts = [(str(head.SOPClassUID), [str(head.file_meta.TransferSyntaxUID)])]
     os.sync()
@@ -201,26 +221,28 @@ def run_ceiling(data: DataSet, run_dir: Path, pdu: int) -> dict[str, Any]:
             "ok": failures == 0, "error": f"{failures} failed" if failures else None}
 
 
-def run_op(op: str, server: ServerProcess, study: str, count: int, run_dir: Path, pdu: int) -> dict[str, Any]:
+def run_op(op: str, server: ServerProcess, study: str, count: int, run_dir: Path, pdu: int,
+           receiver: str = "write") -> dict[str, Any]:
     """One timed C-MOVE or C-GET of the whole study; the result record."""
     out_dir = run_dir / f"{op}-received"
     storescp = None
     if op == "move":
-        storescp, port = start_storescp(out_dir, pdu, run_dir)
+        storescp, port = start_storescp(out_dir, pdu, run_dir, receiver)
         register_destination(Path(server.env_extra["PACS_DATA_DIR"]), port)
     os.sync()  # earlier runs' dirty pages are not written back during this one
     rss_before = proc_status_kb(server.pid, "VmRSS") / 1000
     cpu_before = server.cpu_seconds()
     started = time.perf_counter()
     with open(run_dir / f"{op}-client.log", "wb") as log:
-        proc = subprocess.run(client_command(op, server, study, out_dir, pdu), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.run(client_command(op, server, study, out_dir, pdu, receiver), stdout=log, stderr=subprocess.STDOUT,
                               env={**os.environ, "TCP_NODELAY": "1"}, timeout=CLIENT_TIMEOUT)
     seconds = time.perf_counter() - started
     cpu = server.cpu_seconds() - cpu_before
     rss_after = proc_status_kb(server.pid, "VmRSS") / 1000
     if storescp is not None:
         stop(storescp)
-    received = sum(1 for p in out_dir.iterdir() if p.is_file())
+    receiver_log = run_dir / ("storescp.log" if op == "move" else f"{op}-client.log")
+    received = received_count(out_dir, receiver_log, receiver)
     problems = [f"client exit code {proc.returncode}"] if proc.returncode else []
     if received != count:
         problems.append(f"received {received} of {count} files")
@@ -241,8 +263,8 @@ def run_once(args: argparse.Namespace, data: DataSet, archive_dir: Path, study: 
         server.start()
         for op in args.ops:
             try:
-                records.append(run_ceiling(data, run_dir, args.pdu) if op == "ceiling"
-                               else run_op(op, server, study, data.count, run_dir, args.pdu))
+                records.append(run_ceiling(data, run_dir, args.pdu, args.receiver) if op == "ceiling"
+                               else run_op(op, server, study, data.count, run_dir, args.pdu, args.receiver))
             except Exception as exc:  # reported as a failed record, with the log tail
                 records.append({"op": op, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
             shutil.rmtree(run_dir / f"{op}-received", ignore_errors=True)
@@ -278,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     archive_dir, study = ensure_archive(data)
     print(f"{data.count} '{data.name}' instances, {data.total_bytes / 1e6:.0f} MB", file=sys.stderr)
     fixed = {"dataset": data.name, "count": data.count, "pdu": args.pdu, "database": "sqlite",
+             "receiver": args.receiver,
              "extra_env": args.extra_env, "commit": git_commit(), "machine": machine_info(),
              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     records = []
