@@ -350,3 +350,24 @@ def test_real_bodies_cover_charsets() -> None:
     with path.open("rb") as fp:
         body = json.loads(parse_instance(fp, path.stat().st_size).dicom_json)  # ingestible, not a fallback
     assert needs_utf8(body)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+@pytest.mark.parametrize("name", ["DOE^JOHN", "Müller^Jürgen"])
+def test_cached_stored_part_encodes_as_the_whole(name: str, implicit: bool) -> None:
+    """The C-FIND SCP encodes the stored part of a match once (pacs/dimse/find.py
+    ENCODED); every response, first or cached, equals encoding the whole answer."""
+    from pacs.dimse.find import _encode_whole, _response
+    from pacs.query import Level
+    from pacs.query.run import Match
+
+    stored = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": name}]},
+              "0020000D": {"vr": "UI", "Value": ["1.2.3"]}, "00080020": {"vr": "DA", "Value": ["20240101"]}}
+    tags = ["00080005", "00080020", "00080050", "00100010", "0020000D", "00201208", "00080061"]
+    for count, modalities in [(3, ["CT"]), (4, ["CT", "MR"]), (3, ["CT"])]:  # the 2nd and 3rd hit the cache
+        computed = {"00201208": {"vr": "IS", "Value": [count]}, "00080061": {"vr": "CS", "Value": modalities}}
+        match = Match(1, {**stored, **computed}, stored_key=("test", name, 1), computed=frozenset(computed))
+        expected = _encode_whole({**stored, **computed, "00080005": {"vr": "CS"}, "00080050": {"vr": "SH"},
+                                  "00080052": {"vr": "CS", "Value": ["STUDY"]},
+                                  "00080054": {"vr": "AE", "Value": ["PACS"]}}, implicit)
+        assert _response(match, tags, Level.STUDY, "PACS", implicit) == expected

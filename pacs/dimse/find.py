@@ -25,7 +25,8 @@ from ..access import Caller
 from ..query import Level, Query, element_values, make_matcher
 from ..query.model import level_of
 from ..query.attributes import COMPUTED, MATCHABLE, UNIQUE_KEYS, attribute_level
-from .identifier import encode_identifier, needs_utf8
+from ..query.run import LruCache
+from .identifier import codec_of, encode_elements, encode_identifier, needs_utf8
 from .policy import refusal
 from .status import CANCEL, PENDING, SUCCESS, Status, status
 
@@ -88,20 +89,63 @@ def query_from_identifier(identifier: Dataset, model: str) -> tuple[Query, list[
     return query, tags
 
 
-def _response(body: dict[str, Any], tags: list[str], level: Level, ae_title: str, implicit_vr: bool) -> bytes:
+#: Encoded stored parts of answers, by (Match.stored_key, implicit VR): whether they need
+#: UTF-8, and their elements encoded (identifier.encode_elements). A workstation's repeated
+#: query then encodes only the computed keys, level and AE title of each response.
+ENCODED = LruCache(20_000)
+_UTF8 = "ISO_IR 192"
+_CHARSET = "00080005"
+
+
+def _empty(tag: str) -> dict[str, Any]:
+    """A requested key the archive holds no value for: returned empty (PS3.4 C.4.1.1.3.2)."""
+    try:
+        vr = dictionary_VR(int(tag, 16))
+    except KeyError:  # private or unknown: return it empty as UN
+        vr = "UN"
+    return {"vr": vr.split(" or ")[0]}
+
+
+def _response(match: Match, tags: list[str], level: Level, ae_title: str, implicit_vr: bool) -> bytes:
     """The identifier of one pending response, encoded from the stored DICOM JSON: every
     requested key (empty when the archive holds no value), the Query/Retrieve Level and
-    the Retrieve AE Title; UTF-8 (ISO_IR 192) when any text is not ASCII."""
-    for tag in tags:
-        if tag not in body:
-            try:
-                vr = dictionary_VR(int(tag, 16))
-            except KeyError:  # private or unknown: return it empty as UN
-                vr = "UN"
-            body[tag] = {"vr": vr.split(" or ")[0]}
-    body[QUERY_RETRIEVE_LEVEL] = {"vr": "CS", "Value": [level.value]}
-    body[RETRIEVE_AE_TITLE] = {"vr": "AE", "Value": [ae_title]}
-    return encode_identifier(body, implicit_vr=implicit_vr, charset="ISO_IR 192" if needs_utf8(body) else None)
+    the Retrieve AE Title; UTF-8 (ISO_IR 192) when any text is not ASCII. The stored part
+    is encoded once per :attr:`Match.stored_key` (:data:`ENCODED`)."""
+    body = match.json
+    added = {tag: _empty(tag) for tag in tags if tag not in body}
+    added[QUERY_RETRIEVE_LEVEL] = {"vr": "CS", "Value": [level.value]}
+    added[RETRIEVE_AE_TITLE] = {"vr": "AE", "Value": [ae_title]}
+    if match.stored_key is None:
+        return _encode_whole({**body, **added}, implicit_vr)
+    utf8, pieces = _stored_part(match, implicit_vr)
+    fresh = {tag: body[tag] for tag in match.computed}
+    fresh.update(added)
+    if utf8:
+        fresh.pop(_CHARSET, None)  # the stored part carries ISO_IR 192
+    elif needs_utf8(fresh):
+        return _encode_whole({**body, **added}, implicit_vr)
+    fresh_pieces = encode_elements(fresh, implicit_vr, codec_of(_UTF8 if utf8 else None))
+    return b"".join([piece for _, piece in sorted(pieces + fresh_pieces)])
+
+
+def _stored_part(match: Match, implicit_vr: bool) -> tuple[bool, list[tuple[str, bytes]]]:
+    """Whether the stored part of ``match`` needs UTF-8, and its encoded elements (cached);
+    with UTF-8 the Specific Character Set element is among them."""
+    key = (match.stored_key, implicit_vr)
+    entry = ENCODED.get(key)
+    if entry is None:
+        skip = match.computed | {QUERY_RETRIEVE_LEVEL, RETRIEVE_AE_TITLE}
+        stored = {tag: value for tag, value in match.json.items() if tag not in skip}
+        utf8 = needs_utf8(stored)
+        if utf8:
+            stored[_CHARSET] = {"vr": "CS", "Value": [_UTF8]}
+        entry = (utf8, encode_elements(stored, implicit_vr, codec_of(_UTF8 if utf8 else None)))
+        ENCODED.put(key, entry)
+    return entry
+
+
+def _encode_whole(body: dict[str, Any], implicit_vr: bool) -> bytes:
+    return encode_identifier(body, implicit_vr=implicit_vr, charset=_UTF8 if needs_utf8(body) else None)
 
 
 def handle_find(request: DimseRequest) -> None:
@@ -123,7 +167,7 @@ def handle_find(request: DimseRequest) -> None:
         if request.cancelled():
             request.respond(Status(CANCEL))
             return
-        identifier = _response(match.json, tags, query.level, archive.settings.ae_title, implicit_vr)
+        identifier = _response(match, tags, query.level, archive.settings.ae_title, implicit_vr)
         request.respond(Status(PENDING), dataset=identifier, defer=True)
     request.respond(Status(SUCCESS))
 

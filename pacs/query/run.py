@@ -28,10 +28,16 @@ ALL = "all"
 
 @dataclass(frozen=True)
 class Match:
-    """One result: the level row's key and its DICOM JSON."""
+    """One result: the level row's key and its DICOM JSON.
+
+    ``stored_key`` names the stored part of ``json`` (every attribute but ``computed``):
+    equal keys mean equal stored parts, so a door may cache what it derives from them
+    (the C-FIND SCP caches their encoding). None when the match is not cached."""
 
     pk: int
     json: dict[str, Any]
+    stored_key: tuple[Any, ...] | None = None
+    computed: frozenset[str] = frozenset()
 
 
 def _first_instance(level: Level) -> Any:
@@ -97,34 +103,34 @@ def _select_tags(body: dict[str, Any], tags: list[str] | None) -> dict[str, Any]
     return {t: body[t] for t in tags if t in body}
 
 
-class _SubsetCache:
-    """Requested attributes of representative instances, parsed, by (instance id, its
-    SHA-256, requested tags). An instance's stored JSON changes only with its content, so
-    an entry never goes stale; a query with the same return keys (a workstation's, OHIF's)
-    skips reading and parsing the JSON again: for ~200 matches, the larger part of a
-    search. Bounded (least recently used go first)."""
+class LruCache:
+    """A bounded map, least recently used entries evicted first; thread-safe."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._data: OrderedDict[tuple[int, str, tuple[str, ...]], dict[str, Any]] = OrderedDict()
+        self._data: OrderedDict[Any, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[int, str, tuple[str, ...]]) -> dict[str, Any] | None:
+    def get(self, key: Any) -> Any:
         with self._lock:
             value = self._data.get(key)
             if value is not None:
                 self._data.move_to_end(key)
             return value
 
-    def put(self, key: tuple[int, str, tuple[str, ...]], value: dict[str, Any]) -> None:
+    def put(self, key: Any, value: Any) -> None:
         with self._lock:
             self._data[key] = value
             if len(self._data) > self.size:
                 self._data.popitem(last=False)
 
 
+#: Requested attributes of representative instances, parsed, by (instance id, its SHA-256,
+#: requested tags). An instance's stored JSON changes only with its content, so an entry
+#: never goes stale; a query with the same return keys (a workstation's, OHIF's) skips
+#: reading and parsing the JSON again: for ~200 matches, the larger part of a search.
 #: Entries are a few requested attributes each (~1-2 KB): at most some tens of MB.
-SUBSETS = _SubsetCache(20_000)
+SUBSETS = LruCache(20_000)
 
 
 def _fetch(conn: Any, column: Any, ids: list[int]) -> dict[int, Any]:
@@ -152,8 +158,10 @@ def search(db: Database, query: Query, tags: list[str] | None = None) -> Iterato
         SUBSETS.put((rep, shas[rep], key), subsets[rep])
     for row in rows:
         body = dict(subsets.get(row.rep) or {})
-        body.update((t, v) for t, v in _computed(query.level, row).items() if t in wanted)
-        yield Match(int(row.pk), body)
+        computed = {t: v for t, v in _computed(query.level, row).items() if t in wanted}
+        body.update(computed)
+        stored_key = (row.rep, shas[row.rep], key) if row.rep in shas else None
+        yield Match(int(row.pk), body, stored_key, frozenset(computed))
 
 
 def _search_all(db: Database, query: Query, tags: list[str] | None) -> Iterator[Match]:
