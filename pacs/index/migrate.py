@@ -1,4 +1,9 @@
-"""``pacs db upgrade``: bring the index schema to the newest Alembic revision."""
+"""``pacs db upgrade``: bring the index schema to the newest Alembic revision.
+
+Every ``pacs serve`` migrates at start. On PostgreSQL several nodes may start together on
+one database: the migration and the seeding of the singleton rows run in one transaction
+that first takes a transaction-level advisory lock, so one node migrates while the others
+wait, then find the schema at head and the rows present."""
 
 from __future__ import annotations
 
@@ -6,13 +11,15 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, insert, select, text
 
 from .db import Database
 from .models import EventCounter, SchemaMeta
 from .names import PN_NORMALISATION_VERSION
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: PostgreSQL advisory lock key of the migration (any constant; "pacsmigr" in ASCII).
+MIGRATION_LOCK = 0x706163736D696772
 
 
 def alembic_config(url: str) -> Config:
@@ -26,24 +33,26 @@ def upgrade(db: Database) -> None:
     """Apply every pending migration, then seed the singleton rows."""
     cfg = alembic_config(db.url)
     with db.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # nodes starting together: one at a time
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
-    _seed(db)
+        _seed(conn)
 
 
-def _seed(db: Database) -> None:
-    with db.write() as conn:
-        if conn.execute(select(EventCounter.id)).first() is None:
-            conn.execute(insert(EventCounter).values(id=1, last_id=0))
-        version = conn.execute(
-            select(SchemaMeta.value).where(SchemaMeta.key == "pn_normalisation")
-        ).scalar()
-        if version is None:
-            conn.execute(
-                insert(SchemaMeta).values(key="pn_normalisation", value=PN_NORMALISATION_VERSION)
-            )
-        elif version != PN_NORMALISATION_VERSION:
-            raise RuntimeError(
-                f"index uses person-name normalisation v{version}, this release v"
-                f"{PN_NORMALISATION_VERSION}: run the re-index migration"
-            )
+def _seed(conn: Connection) -> None:
+    """The singleton rows, in the migration's transaction."""
+    if conn.execute(select(EventCounter.id)).first() is None:
+        conn.execute(insert(EventCounter).values(id=1, last_id=0))
+    version = conn.execute(
+        select(SchemaMeta.value).where(SchemaMeta.key == "pn_normalisation")
+    ).scalar()
+    if version is None:
+        conn.execute(
+            insert(SchemaMeta).values(key="pn_normalisation", value=PN_NORMALISATION_VERSION)
+        )
+    elif version != PN_NORMALISATION_VERSION:
+        raise RuntimeError(
+            f"index uses person-name normalisation v{version}, this release v"
+            f"{PN_NORMALISATION_VERSION}: run the re-index migration"
+        )
