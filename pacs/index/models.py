@@ -105,7 +105,7 @@ class Series(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     series_uid: Mapped[str] = mapped_column(String(64), unique=True)
-    study_fk: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("study.id"))
     modality: Mapped[str] = mapped_column(String(16), default="", index=True)
     series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     series_description: Mapped[str] = mapped_column(String(64), default="")
@@ -120,6 +120,9 @@ class Series(Base):
 
 
 Index("ix_series_unstable", Series.stable, Series.last_instance_at)
+#: A study's series by modality: its first instance and ModalitiesInStudy are answered from
+#: indexes alone (migration 0011).
+Index("ix_series_study_fk_modality", Series.study_fk, Series.modality, Series.id)
 
 
 class Instance(Base):
@@ -129,7 +132,7 @@ class Instance(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
-    series_fk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    series_fk: Mapped[int] = mapped_column(ForeignKey("series.id"))
     sop_class_uid: Mapped[str] = mapped_column(String(64), index=True)
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -152,6 +155,10 @@ class Instance(Base):
     source: Mapped[str] = mapped_column(String(32), default="")
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+#: A series' instances in id order (its first instance, migration 0011).
+Index("ix_instance_series_fk_id", Instance.series_fk, Instance.id)
 
 
 class Event(Base):
