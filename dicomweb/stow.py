@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, AsyncIterator, Callable, Protocol
@@ -70,6 +71,11 @@ FLUSH_BYTES = 1 << 20
 HEAD_BYTES = 64 << 10
 #: Parts of one request being ingested at once while the next ones are read.
 PIPELINE = 8
+#: Threads that run the ingests of STOW-RS parts: a pool of their own (sized like asyncio's
+#: default one), so that a slow blob store, whose writes each ingest waits for, holds up
+#: stores only, never the queries and retrievals the default executor serves
+#: (docs/reliability.md, "S3 slow").
+INGEST_POOL = ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="stow-ingest")
 #: At most this many failures are described in the Warning header.
 WARNINGS_SHOWN = 10
 #: Failure Reason of an unexpected error (PS3.18 Table I.2-2: 0110 Processing failure).
@@ -319,6 +325,11 @@ def ingest_part(archive: Archive, spool: Spool, tail: list[bytes], study: str | 
     return PartOutcome(*identify(spool.head), failure_reason=code, reason=reason)
 
 
+async def run_ingest(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` (an ingest, blocking) in :data:`INGEST_POOL`."""
+    return await asyncio.get_running_loop().run_in_executor(INGEST_POOL, fn, *args)
+
+
 # -- the whole body --------------------------------------------------------------------
 @dataclass
 class Received:
@@ -350,7 +361,7 @@ async def receive(request: web.Request, kind: str, study: str | None, budget: Bu
                     await run_blocking(spool.discard)
                     raise
                 await window.acquire()
-                future = asyncio.ensure_future(run_blocking(ingest_part, archive, spool, tail, study, caller))
+                future = asyncio.ensure_future(run_ingest(ingest_part, archive, spool, tail, study, caller))
                 future.add_done_callback(lambda _done: window.release())
                 started.append(future)
     except PacsError as exc:

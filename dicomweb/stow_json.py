@@ -39,7 +39,7 @@ from pacs.web import ARCHIVE, run_blocking
 
 from . import accept
 from .stow import (
-    HEAD_BYTES, Budget, PartOutcome, Received, Spool, ingest_part, media_type, parts, read_part,
+    HEAD_BYTES, Budget, PartOutcome, Received, Spool, ingest_part, media_type, parts, read_part, run_ingest,
 )
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ async def receive_metadata(request: web.Request, study: str | None, budget: Budg
         if instances is None:
             raise MalformedRequest("the request holds no metadata part")
         for obj in instances:
-            received.outcomes.append(await run_blocking(store_one, archive, obj, bulk, study, caller_of(request)))
+            received.outcomes.append(await run_ingest(store_one, archive, obj, bulk, study, caller_of(request)))
     except PacsError as exc:
         received.abort = exc
     finally:

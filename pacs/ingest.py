@@ -247,7 +247,13 @@ def _store_and_index(
             return _result(parsed, "kept", size, "already stored; new copy discarded")
     key = instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid, sha[:16])
     _flushed(flushing)
-    archive.store.put_file(key, spool.path, synced=True, keep_source=True)
+    try:
+        archive.store.put_file(key, spool.path, synced=True, keep_source=True)
+    except BaseException:
+        # A failed write may still land (an S3 PUT that timed out here completes there):
+        # record it, so that the sweep removes the object unless an index row uses it.
+        spool.keep = not _record_failed_write(archive, key)
+        raise
     try:
         status = _index(archive, parsed, key, size, sha, source, calling_ae, held=existing is not None)
     except Conflict:  # refused for good by the index (not interrupted): the object goes now
@@ -259,6 +265,18 @@ def _store_and_index(
     if status == "replaced" and existing is not None and existing.blob_key != key:
         archive.store.delete(existing.blob_key)
     return _result(parsed, status, size)
+
+
+def _record_failed_write(archive: Archive, key: str) -> bool:
+    """A :class:`PendingWrite` row for an object write that failed (its outcome is
+    unknown); False when the index cannot take it either (then the spool stays instead)."""
+    try:
+        with archive.db.write() as conn:
+            conn.execute(insert(PendingWrite).values(blob_key=key, created_at=time.time()))
+        return True
+    except Exception as exc:
+        log.warning("could not record the failed write of %s: %s", key, exc)
+        return False
 
 
 def _discard_unused(archive: Archive, key: str) -> bool:

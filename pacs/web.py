@@ -18,6 +18,9 @@ from .errors import PacsError
 
 ARCHIVE = web.AppKey("archive", Archive)
 MAX_CHANGES = 1000
+#: ``Retry-After`` (seconds, RFC 9110 10.2.3) of every 503 answer: the index or the blob
+#: store is unavailable for now (docs/reliability.md).
+RETRY_AFTER_SECONDS = 5
 
 
 async def run_blocking(fn: Callable[..., Any], *args: Any) -> Any:
@@ -34,11 +37,14 @@ async def _run(request: web.Request, fn: Callable[..., Any], *args: Any) -> Any:
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Map domain errors to HTTP answers, in one place."""
+    """Map domain errors to HTTP answers, in one place; a 503 says when to retry."""
     try:
-        return await handler(request)
+        response = await handler(request)
     except PacsError as exc:
-        return web.json_response({"error": exc.reason}, status=exc.http_status)
+        response = web.json_response({"error": exc.reason}, status=exc.http_status)
+    if response.status == 503 and not response.prepared and "Retry-After" not in response.headers:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 async def healthz(request: web.Request) -> web.Response:
