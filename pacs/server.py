@@ -17,10 +17,12 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from .archive import Archive
+from .dimse.find import ENCODED
 from .dimse.server import DimseServer
 from .consumers import Consumer, consume_all
 from .errors import PacsError
 from .outbox_worker import OutboxSender
+from .query.run import SUBSETS
 from .settings import Settings
 from .viewer_web import setup_viewer
 from .web import create_app
@@ -125,10 +127,17 @@ def build_application(
     return app
 
 
+def size_query_caches(entries: int) -> None:
+    """Bound this process's query caches (``PACS_QUERY_CACHE_ENTRIES``)."""
+    SUBSETS.resize(entries)
+    ENCODED.resize(entries)
+
+
 def _serve_one(settings: Settings, *, reuse_port: bool = False, migrate: bool = True) -> None:
     """One server process until SIGTERM/SIGINT."""
     archive = Archive(settings, migrate=migrate)
     app = build_application(archive, reuse_port=reuse_port)
+    size_query_caches(settings.query_cache_entries)
     # Everything loaded so far (modules, pydicom's dictionaries, SQLAlchemy's metadata)
     # lives as long as the process: keep it out of the cyclic garbage collector, whose
     # full passes over it stalled requests by ~100 ms (docs/performance.md).

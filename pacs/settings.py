@@ -248,6 +248,12 @@ class Settings:
         "beyond the burst the answer is 429 with `Retry-After`. 0: no limit.",
         default=300.0,
     )
+    query_cache_entries: int = _doc(
+        "Matches whose requested attributes a process keeps parsed (QIDO-RS, C-FIND) and, as many "
+        "again, encoded C-FIND answers; least recently used go first. Each is a few kB: the default "
+        "bounds both caches to some tens of MB. 0: no cache.",
+        default=20_000,
+    )
     rate_limit_burst: int = _doc(
         "HTTP requests one client may make at once before `rate_limit_per_second` applies "
         "(a viewer opening a large study fetches many frames together).",
@@ -255,8 +261,10 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        if self.max_decoded_bytes < 0 or self.render_max_pixels < 0 or self.rate_limit_per_second < 0:
-            raise ValueError("max_decoded_bytes, render_max_pixels and rate_limit_per_second must not be negative")
+        if min(self.max_decoded_bytes, self.render_max_pixels, self.rate_limit_per_second,
+               self.query_cache_entries) < 0:
+            raise ValueError("max_decoded_bytes, render_max_pixels, rate_limit_per_second and "
+                             "query_cache_entries must not be negative")
         if self.deidentify_secret and len(self.deidentify_secret.encode("utf-8")) < 16:
             raise ValueError("deidentify_secret must be at least 16 characters")
         if self.rate_limit_per_second and self.rate_limit_burst < 1:

@@ -111,6 +111,13 @@ class LruCache:
         self._data: OrderedDict[Any, Any] = OrderedDict()
         self._lock = threading.Lock()
 
+    def resize(self, size: int) -> None:
+        """Keep at most ``size`` entries from now on (0: keep none)."""
+        with self._lock:
+            self.size = size
+            while len(self._data) > size:
+                self._data.popitem(last=False)
+
     def get(self, key: Any) -> Any:
         with self._lock:
             value = self._data.get(key)
@@ -121,7 +128,7 @@ class LruCache:
     def put(self, key: Any, value: Any) -> None:
         with self._lock:
             self._data[key] = value
-            if len(self._data) > self.size:
+            while len(self._data) > self.size:
                 self._data.popitem(last=False)
 
 
