@@ -9,7 +9,8 @@ pieces, written here:
   request's ``Origin`` is allowed by the ``cors_allowed_origins`` setting: ``*`` when
   any origin is, otherwise the origin itself with ``Vary: Origin``; nothing when it is
   not. ``Access-Control-Expose-Headers`` names the headers viewers read (the ``Warning``
-  of a truncated search, ``ETag``, ``Content-Range`` ...). A ``405`` gets its ``Allow``.
+  of a truncated search, ``ETag``, ``Content-Range``, the ``Retry-After`` of a 503 or
+  429 ...). A ``405`` gets its ``Allow``.
 * :func:`preflight` (``OPTIONS`` on every route path): ``204`` with ``Allow`` and, for an
   allowed origin, ``Access-Control-Allow-Methods`` = the methods the path serves (from the
   route table; ``DELETE`` only when ``allow_delete`` is on), the requested headers and
@@ -29,7 +30,7 @@ ROUTE_METHODS = web.AppKey("dicomweb_route_methods", dict)
 #: Response headers browser code may read (Fetch "CORS-safelisted" ones need no listing,
 #: but Content-Type and Content-Length are named for older browsers).
 EXPOSED = ("Warning, ETag, Content-Type, Content-Length, Content-Range, Accept-Ranges, "
-           "Content-Location, Location, Allow")
+           "Content-Location, Location, Allow, Retry-After")
 #: Headers allowed when a preflight does not name any.
 DEFAULT_ALLOWED_HEADERS = "Accept, Authorization, Content-Type, If-None-Match, Range"
 MAX_AGE = "86400"

@@ -46,6 +46,9 @@ class Archive:
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
             multipart_threshold=settings.s3_multipart_threshold,
+            connect_timeout=settings.s3_connect_timeout,
+            read_timeout=settings.s3_read_timeout,
+            attempts=settings.s3_max_attempts,
         )
         self.incoming_dir = self._incoming_dir()
         self.series_cache = SeriesCache()  # ingest's hints, see pacs.index.writer

@@ -46,6 +46,18 @@ class Settings:
     s3_multipart_threshold: int = _doc(
         "Objects larger than this many bytes go to S3 by multipart upload.", default=16 * 1024 * 1024
     )
+    s3_connect_timeout: float = _doc("Seconds to wait for a TCP connection to S3 (per try).", default=5.0)
+    s3_read_timeout: float = _doc(
+        "Seconds S3 may stay silent on an open connection (per socket read, not per request: "
+        "a long multipart upload or download is not cut short while data flows).",
+        default=10.0,
+    )
+    s3_max_attempts: int = _doc(
+        "Tries per S3 request, the first included (boto3 standard retries, with back-off). "
+        "An S3 that accepts connections and never answers is reported (C-STORE 0xA700) "
+        "after about attempts x read timeout.",
+        default=3,
+    )
     max_pdu_size: int = _doc(
         "Largest PDU we accept, in bytes (0: unlimited). Larger PDUs mean fewer "
         "round trips per object.",
@@ -94,8 +106,9 @@ class Settings:
         default=False,
     )
     commitment_max_attempts: int = _doc(
-        "Attempts to deliver a storage commitment report (N-EVENT-REPORT) before it is marked failed.",
-        default=10,
+        "Attempts to deliver a storage commitment report (N-EVENT-REPORT) before it is marked failed. "
+        "With the default back-off the 12th is made 8675 s (2.4 h) after the first.",
+        default=12,
     )
     commitment_retry_seconds: float = _doc(
         "Delay before the second delivery attempt of a storage commitment report; doubles after "
@@ -286,6 +299,10 @@ class Settings:
         parse_client_aes(self.tls_client_aes)
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.s3_connect_timeout <= 0 or self.s3_read_timeout <= 0:
+            raise ValueError("s3_connect_timeout and s3_read_timeout must be positive")
+        if self.s3_max_attempts < 1:
+            raise ValueError("s3_max_attempts must be at least 1")
         if self.commitment_max_attempts < 1:
             raise ValueError("commitment_max_attempts must be at least 1")
         if self.outbox_max_attempts < 1 or self.outbox_poll_seconds <= 0 or self.outbox_timeout_seconds <= 0:

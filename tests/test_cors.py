@@ -39,6 +39,12 @@ def anyone(settings: Settings) -> Iterator[ThreadedServer]:
     yield from _start(settings, allow_delete=True)
 
 
+@pytest.fixture
+def limited(settings: Settings) -> Iterator[ThreadedServer]:
+    """One request, then 429 for the next 100 s."""
+    yield from _start(settings, cors_allowed_origins=(VIEWER,), rate_limit_per_second=0.01, rate_limit_burst=1)
+
+
 def expected_methods(path: str, allow_delete: bool) -> str:
     """What a preflight of ``path`` must list: its routes' methods (HEAD with GET),
     DELETE only when enabled, OPTIONS; in the order GET, HEAD, POST, DELETE, OPTIONS."""
@@ -59,7 +65,7 @@ async def test_allowed_origin_is_echoed_with_vary(listed: ThreadedServer) -> Non
                 assert "Origin" in resp.headers["Vary"]
                 exposed = {h.strip() for h in resp.headers["Access-Control-Expose-Headers"].split(",")}
                 assert {"Warning", "ETag", "Content-Type", "Content-Length", "Content-Range",
-                        "Accept-Ranges"} <= exposed
+                        "Accept-Ranges", "Retry-After"} <= exposed
                 assert resp.headers["Warning"].startswith("299 ")  # limit=0 cut the one match
         async with session.get(f"{listed.base_url}/dicom-web/studies", params={"Nonsense": "1"},
                                headers={"Origin": VIEWER}) as resp:  # errors too
@@ -132,6 +138,20 @@ async def test_method_not_allowed_names_the_allowed_methods(anyone: ThreadedServ
             assert resp.status == 405
             assert set(resp.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "HEAD"}
             assert resp.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_retry_after_of_a_429_is_readable_by_the_browser(limited: ThreadedServer) -> None:
+    """A rate-limited answer carries the CORS headers, and ``Retry-After`` is exposed."""
+    async with aiohttp.ClientSession() as session:
+        statuses = []
+        for _ in range(2):
+            async with session.get(f"{limited.base_url}/dicom-web/studies", headers={"Origin": VIEWER}) as resp:
+                statuses.append(resp.status)
+        assert statuses == [200, 429]
+        assert int(resp.headers["Retry-After"]) >= 1
+        assert resp.headers["Access-Control-Allow-Origin"] == VIEWER
+        exposed = {h.strip() for h in resp.headers["Access-Control-Expose-Headers"].split(",")}
+        assert "Retry-After" in exposed
 
 
 def test_setting_from_environment_and_file(tmp_path: Any) -> None:

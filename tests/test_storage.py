@@ -21,6 +21,7 @@ from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from pacs.errors import StorageUnavailable
+from pacs.settings import Settings, load_settings
 from pacs.storage import (
     BlobNotFound,
     BlobStore,
@@ -478,6 +479,77 @@ def test_s3_closed_port_is_storage_unavailable_quickly(aws_env):
     assert time.monotonic() - started < 3
 
 
+class _SilentListener:
+    """A TCP server that accepts every connection and never answers (a hanging S3)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # timeout: look at the stop flag
+                continue
+            self.accepted.append(conn)  # kept open, never read from or written to
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+def test_s3_limits_are_settings():
+    defaults = Settings()
+    assert (defaults.s3_connect_timeout, defaults.s3_read_timeout, defaults.s3_max_attempts) == (5.0, 10.0, 3)
+    env = {"PACS_S3_CONNECT_TIMEOUT": "2.5", "PACS_S3_READ_TIMEOUT": "7", "PACS_S3_MAX_ATTEMPTS": "4"}
+    settings = load_settings(env=env)
+    assert settings.s3_read_timeout == 7.0 and isinstance(settings.s3_read_timeout, float)
+    assert (settings.s3_connect_timeout, settings.s3_max_attempts) == (2.5, 4)
+    for bad in ({"PACS_S3_READ_TIMEOUT": "0"}, {"PACS_S3_CONNECT_TIMEOUT": "-1"}, {"PACS_S3_MAX_ATTEMPTS": "0"}):
+        with pytest.raises(ValueError):
+            load_settings(env=bad)
+
+
+def test_s3_hanging_service_is_reported_within_the_configured_limits(aws_env):
+    """An S3 that accepts connections and never answers: with 1 s timeouts and 2 attempts,
+    StorageUnavailable comes after ~2 s (2 tries x 1 s + back-off), not the ~2 min the
+    fixed 30 s x 4 tries took."""
+    settings = load_settings(env={"PACS_S3_CONNECT_TIMEOUT": "1", "PACS_S3_READ_TIMEOUT": "1",
+                                  "PACS_S3_MAX_ATTEMPTS": "2"})
+    listener = _SilentListener()
+    try:
+        store = open_blob_store(
+            "s3://bkt/p",
+            endpoint_url=listener.url,
+            connect_timeout=settings.s3_connect_timeout,
+            read_timeout=settings.s3_read_timeout,
+            attempts=settings.s3_max_attempts,
+        )
+        config = store.client.meta.config
+        assert (config.connect_timeout, config.read_timeout) == (1.0, 1.0)
+        assert config.retries["total_max_attempts"] == 2
+        for call in (lambda: store.put_bytes("k", b"data"), lambda: store.size("k")):
+            before = len(listener.accepted)
+            started = time.monotonic()
+            with pytest.raises(StorageUnavailable) as info:
+                call()
+            elapsed = time.monotonic() - started
+            assert "timed out" in info.value.reason, info.value.reason
+            assert 2 <= elapsed < 10, elapsed
+            assert len(listener.accepted) - before == 2  # one connection per try
+    finally:
+        listener.close()
+
+
 def test_s3_missing_bucket_fails_check(s3_mock):
     store = S3Store("no-such-bucket-here")
     with pytest.raises(StorageUnavailable):
@@ -520,6 +592,8 @@ def test_open_blob_store(tmp_path, aws_env):
     assert (s3.bucket, s3.prefix, s3.multipart_threshold) == ("my-bucket", "pacs/objects/", THRESHOLD)
     bare = open_blob_store("s3://my-bucket")
     assert isinstance(bare, S3Store) and bare.prefix == ""
+    config = bare.client.meta.config  # the defaults match the settings' defaults
+    assert (config.connect_timeout, config.read_timeout, config.retries["total_max_attempts"]) == (5, 10, 3)
 
     by_url = open_blob_store(f"file://{tmp_path}/by-url")
     assert isinstance(by_url, FolderStore) and (tmp_path / "by-url").is_dir()

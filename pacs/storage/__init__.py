@@ -14,7 +14,13 @@ from urllib.parse import unquote, urlsplit
 from .base import BlobNotFound, BlobStore
 from .folder import FolderStore
 from .keys import instance_key
-from .s3 import DEFAULT_MULTIPART_THRESHOLD, S3Store
+from .s3 import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MULTIPART_THRESHOLD,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_RETRIES,
+    S3Store,
+)
 
 __all__ = ["BlobStore", "BlobNotFound", "FolderStore", "S3Store", "instance_key", "open_blob_store"]
 
@@ -25,13 +31,22 @@ def open_blob_store(
     endpoint_url: str = "",
     region: str = "us-east-1",
     multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    attempts: int = DEFAULT_RETRIES + 1,
 ) -> BlobStore:
-    """The store named by ``url``; ``endpoint_url``/``region``/threshold apply to S3 only."""
+    """The store named by ``url``.
+
+    The keyword arguments apply to S3 only. ``attempts`` counts every try of a request,
+    the first included (:class:`S3Store`'s ``max_attempts`` counts the retries).
+    """
     if not url or not url.strip():
         raise ValueError("blob store URL is empty")
     url = url.strip()
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
     if scheme == "s3":
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
         parts = urlsplit(url)
         if not parts.netloc:
             raise ValueError("s3 URL needs a bucket: s3://bucket/prefix")
@@ -41,6 +56,9 @@ def open_blob_store(
             endpoint_url=endpoint_url or None,
             region=region,
             multipart_threshold=multipart_threshold,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_attempts=attempts - 1,
         )
     if scheme == "file":
         parts = urlsplit(url)

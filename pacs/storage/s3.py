@@ -31,6 +31,12 @@ MiB = 1 << 20
 #: Smallest part S3 accepts (except the last one).
 MIN_PART_SIZE = 5 * MiB
 DEFAULT_MULTIPART_THRESHOLD = 16 * MiB
+#: Defaults of the client's limits; the server takes them from the settings
+#: (``s3_connect_timeout``, ``s3_read_timeout``, ``s3_max_attempts``). With these, an S3 that
+#: accepts connections and never answers is reported after 3 tries of 10 s plus back-off.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_RETRIES = 2  # after the first try: 3 tries in all
 
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 _THROTTLE_CODES = {
@@ -160,9 +166,9 @@ class S3Store:
         region: str = "us-east-1",
         multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
         client: Any = None,
-        connect_timeout: float = 5,
-        read_timeout: float = 30,
-        max_attempts: int = 3,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        max_attempts: int = DEFAULT_RETRIES,
         max_pool_connections: int = 64,
         max_concurrency: int = 10,
     ) -> None:
@@ -171,6 +177,8 @@ class S3Store:
         ``connect_timeout``, ``read_timeout`` (seconds) and ``max_attempts`` bound how long
         an outage takes to surface. ``max_attempts`` is botocore's ``retries`` setting in
         "standard" mode: the number of *retries* after the first try (0 = a single try).
+        The read timeout bounds each wait for data on the socket, not a whole request: a
+        multipart upload or a long download runs as long as bytes keep moving.
         """
         if not bucket or "/" in bucket:
             raise ValueError("S3 bucket name is empty or contains '/'")
@@ -178,6 +186,8 @@ class S3Store:
             raise ValueError("multipart_threshold must be positive")
         if max_attempts < 0:
             raise ValueError("max_attempts must not be negative")
+        if connect_timeout <= 0 or read_timeout <= 0:
+            raise ValueError("connect_timeout and read_timeout must be positive")
         prefix = prefix.strip("/")
         if prefix:
             check_key(prefix)
