@@ -49,6 +49,7 @@ from pacs.index.models import Instance, OutboxMessage  # noqa: E402
 from pacs.settings import load_settings  # noqa: E402
 from tests.factory import dataset_part, make_ct, to_bytes  # noqa: E402
 from tests.servers import ProcessServer  # noqa: E402
+from tests.pynetdicom_guard import install as guard_pynetdicom_associations  # noqa: E402
 from tests.test_faults import (  # noqa: E402
     FaultProxy, Load, PrivatePostgres, dimse_sender, http_call, stow, stow_sender, store_ae, until,
 )
@@ -338,6 +339,7 @@ def check_outbox(database_url: str, every: float, down: float) -> None:
 
 
 def main() -> int:
+    guard_pynetdicom_associations()  # the clients' own race, not the server's (tests/pynetdicom_guard.py)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checks", default="kill9,s3,pg,outbox")
     parser.add_argument("--database-url", default="", help="PostgreSQL base URL for kill9/s3/outbox (a scratch "

@@ -19,7 +19,10 @@ from sqlalchemy import create_engine, text
 from pacs.archive import Archive
 from pacs.settings import Settings, load_settings
 
+from .pynetdicom_guard import install as guard_pynetdicom_associations
 from .servers import ThreadedServer
+
+guard_pynetdicom_associations()  # every test client: see tests/pynetdicom_guard.py
 
 TEST_DB = os.environ.get("PACS_TEST_DB", "sqlite")
 POSTGRES_URL = os.environ.get("PACS_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
