@@ -93,6 +93,9 @@ def query_from_identifier(identifier: Dataset, model: str) -> tuple[Query, list[
 #: UTF-8, and their elements encoded (identifier.encode_elements). A workstation's repeated
 #: query then encodes only the computed keys, level and AE title of each response.
 ENCODED = LruCache(20_000)
+#: Whole encoded identifiers, by (Match.stored_key, the computed values, level, AE title,
+#: implicit VR): a repeated query over unchanged studies encodes nothing.
+RESPONSES = LruCache(20_000)
 _UTF8 = "ISO_IR 192"
 _CHARSET = "00080005"
 
@@ -110,7 +113,21 @@ def _response(match: Match, tags: list[str], level: Level, ae_title: str, implic
     """The identifier of one pending response, encoded from the stored DICOM JSON: every
     requested key (empty when the archive holds no value), the Query/Retrieve Level and
     the Retrieve AE Title; UTF-8 (ISO_IR 192) when any text is not ASCII. The stored part
-    is encoded once per :attr:`Match.stored_key` (:data:`ENCODED`)."""
+    is encoded once per :attr:`Match.stored_key` (:data:`ENCODED`), the whole identifier
+    once per stored key and computed values (:data:`RESPONSES`)."""
+    if match.stored_key is None:
+        return _encode(match, tags, level, ae_title, implicit_vr)
+    computed = tuple([(tag, str(match.json[tag].get("Value"))) for tag in sorted(match.computed)])
+    key = (match.stored_key, computed, level, ae_title, implicit_vr)
+    identifier = RESPONSES.get(key)
+    if identifier is None:
+        identifier = _encode(match, tags, level, ae_title, implicit_vr)
+        RESPONSES.put(key, identifier)
+    return identifier
+
+
+def _encode(match: Match, tags: list[str], level: Level, ae_title: str, implicit_vr: bool) -> bytes:
+    """:func:`_response` without the cache of whole identifiers."""
     body = match.json
     added = {tag: _empty(tag) for tag in tags if tag not in body}
     added[QUERY_RETRIEVE_LEVEL] = {"vr": "CS", "Value": [level.value]}

@@ -26,7 +26,7 @@ from .sql import compile_query
 ALL = "all"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Match:
     """One result: the level row's key and its DICOM JSON.
 
@@ -79,6 +79,15 @@ def _statement(query: Query) -> Select:
 
 def _is(value: int | None, vr: str = "IS") -> dict[str, Any]:
     return {"vr": vr, "Value": [int(value or 0)]}
+
+
+#: Tags of the computed attributes each level's rows carry (see :func:`_computed`).
+_COMPUTED_TAGS = {
+    Level.PATIENT: frozenset({"00201200", "00201202", "00201204"}),
+    Level.STUDY: frozenset({"00201206", "00201208", "00080061", "00080062"}),
+    Level.SERIES: frozenset({"00201209"}),
+    Level.IMAGE: frozenset(),
+}
 
 
 def _computed(level: Level, row: Any) -> dict[str, Any]:
@@ -163,10 +172,13 @@ def search(db: Database, query: Query, tags: list[str] | None = None) -> Iterato
     for rep, text in texts.items():
         subsets[rep] = _select_tags(orjson.loads(text), tags)  # orjson: 2x json.loads' speed
         SUBSETS.put((rep, shas[rep], key), subsets[rep])
+    any_computed = not wanted.isdisjoint(_COMPUTED_TAGS[query.level])
     for row in rows:
         body = dict(subsets.get(row.rep) or {})
-        computed = {t: v for t, v in _computed(query.level, row).items() if t in wanted}
-        body.update(computed)
+        computed = {}
+        if any_computed:
+            computed = {t: v for t, v in _computed(query.level, row).items() if t in wanted}
+            body.update(computed)
         stored_key = (row.rep, shas[row.rep], key) if row.rep in shas else None
         yield Match(int(row.pk), body, stored_key, frozenset(computed))
 
