@@ -17,7 +17,7 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from .archive import Archive
-from .dimse.find import ENCODED, RESPONSES
+from .dimse.find import RESPONSES
 from .dimse.server import DimseServer
 from .consumers import Consumer, consume_all
 from .errors import PacsError
@@ -130,7 +130,6 @@ def build_application(
 def size_query_caches(entries: int) -> None:
     """Bound this process's query caches (``PACS_QUERY_CACHE_ENTRIES``)."""
     SUBSETS.resize(entries)
-    ENCODED.resize(entries)
     RESPONSES.resize(entries)
 
 

@@ -354,20 +354,21 @@ def test_real_bodies_cover_charsets() -> None:
 
 @pytest.mark.parametrize("implicit", [False, True])
 @pytest.mark.parametrize("name", ["DOE^JOHN", "Müller^Jürgen"])
-def test_cached_stored_part_encodes_as_the_whole(name: str, implicit: bool) -> None:
-    """The C-FIND SCP encodes the stored part of a match once (pacs/dimse/find.py
-    ENCODED); every response, first or cached, equals encoding the whole answer."""
-    from pacs.dimse.find import _encode_whole, _response
+def test_cached_answers_follow_the_computed_values(name: str, implicit: bool) -> None:
+    """The C-FIND SCP caches whole identifiers (pacs/dimse/find.py RESPONSES): a repeat
+    with the same counts comes from the cache, changed counts are encoded afresh; each
+    equals encoding the whole answer."""
+    from pacs.dimse.find import _response
     from pacs.query import Level
     from pacs.query.run import Match
 
     stored = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": name}]},
               "0020000D": {"vr": "UI", "Value": ["1.2.3"]}, "00080020": {"vr": "DA", "Value": ["20240101"]}}
     tags = ["00080005", "00080020", "00080050", "00100010", "0020000D", "00201208", "00080061"]
-    for count, modalities in [(3, ["CT"]), (4, ["CT", "MR"]), (3, ["CT"])]:  # the 2nd and 3rd hit the cache
+    for count, modalities in [(3, ["CT"]), (4, ["CT", "MR"]), (3, ["CT"])]:  # the 3rd repeats the 1st
         computed = {"00201208": {"vr": "IS", "Value": [count]}, "00080061": {"vr": "CS", "Value": modalities}}
-        match = Match(1, {**stored, **computed}, stored_key=("test", name, 1), computed=frozenset(computed))
-        expected = _encode_whole({**stored, **computed, "00080005": {"vr": "CS"}, "00080050": {"vr": "SH"},
-                                  "00080052": {"vr": "CS", "Value": ["STUDY"]},
-                                  "00080054": {"vr": "AE", "Value": ["PACS"]}}, implicit)
+        match = Match(1, {**stored, **computed}, stored_key=("test", name, implicit), computed=frozenset(computed))
+        whole = {**stored, **computed, "00080005": {"vr": "CS"}, "00080050": {"vr": "SH"},
+                 "00080052": {"vr": "CS", "Value": ["STUDY"]}, "00080054": {"vr": "AE", "Value": ["PACS"]}}
+        expected = encode_identifier(whole, implicit_vr=implicit, charset="ISO_IR 192" if needs_utf8(whole) else None)
         assert _response(match, tags, Level.STUDY, "PACS", implicit) == expected

@@ -26,7 +26,7 @@ from ..query import Level, Query, element_values, make_matcher
 from ..query.model import level_of
 from ..query.attributes import COMPUTED, MATCHABLE, UNIQUE_KEYS, attribute_level
 from ..query.run import LruCache
-from .identifier import codec_of, encode_elements, encode_identifier, needs_utf8
+from .identifier import encode_identifier, needs_utf8
 from .policy import refusal
 from .status import CANCEL, PENDING, SUCCESS, Status, status
 
@@ -89,15 +89,9 @@ def query_from_identifier(identifier: Dataset, model: str) -> tuple[Query, list[
     return query, tags
 
 
-#: Encoded stored parts of answers, by (Match.stored_key, implicit VR): whether they need
-#: UTF-8, and their elements encoded (identifier.encode_elements). A workstation's repeated
-#: query then encodes only the computed keys, level and AE title of each response.
-ENCODED = LruCache(20_000)
 #: Whole encoded identifiers, by (Match.stored_key, the computed values, level, AE title,
 #: implicit VR): a repeated query over unchanged studies encodes nothing.
 RESPONSES = LruCache(20_000)
-_UTF8 = "ISO_IR 192"
-_CHARSET = "00080005"
 
 
 def _empty(tag: str) -> dict[str, Any]:
@@ -112,57 +106,25 @@ def _empty(tag: str) -> dict[str, Any]:
 def _response(match: Match, tags: list[str], level: Level, ae_title: str, implicit_vr: bool) -> bytes:
     """The identifier of one pending response, encoded from the stored DICOM JSON: every
     requested key (empty when the archive holds no value), the Query/Retrieve Level and
-    the Retrieve AE Title; UTF-8 (ISO_IR 192) when any text is not ASCII. The stored part
-    is encoded once per :attr:`Match.stored_key` (:data:`ENCODED`), the whole identifier
-    once per stored key and computed values (:data:`RESPONSES`)."""
+    the Retrieve AE Title; UTF-8 (ISO_IR 192) when any text is not ASCII. Cached
+    (:data:`RESPONSES`) when the match names its stored part."""
     if match.stored_key is None:
-        return _encode(match, tags, level, ae_title, implicit_vr)
+        return _encode(match.json, tags, level, ae_title, implicit_vr)
     computed = tuple([(tag, str(match.json[tag].get("Value"))) for tag in sorted(match.computed)])
     key = (match.stored_key, computed, level, ae_title, implicit_vr)
     identifier = RESPONSES.get(key)
     if identifier is None:
-        identifier = _encode(match, tags, level, ae_title, implicit_vr)
+        identifier = _encode(match.json, tags, level, ae_title, implicit_vr)
         RESPONSES.put(key, identifier)
     return identifier
 
 
-def _encode(match: Match, tags: list[str], level: Level, ae_title: str, implicit_vr: bool) -> bytes:
-    """:func:`_response` without the cache of whole identifiers."""
-    body = match.json
-    added = {tag: _empty(tag) for tag in tags if tag not in body}
-    added[QUERY_RETRIEVE_LEVEL] = {"vr": "CS", "Value": [level.value]}
-    added[RETRIEVE_AE_TITLE] = {"vr": "AE", "Value": [ae_title]}
-    if match.stored_key is None:
-        return _encode_whole({**body, **added}, implicit_vr)
-    utf8, pieces = _stored_part(match, implicit_vr)
-    fresh = {tag: body[tag] for tag in match.computed}
-    fresh.update(added)
-    if utf8:
-        fresh.pop(_CHARSET, None)  # the stored part carries ISO_IR 192
-    elif needs_utf8(fresh):
-        return _encode_whole({**body, **added}, implicit_vr)
-    fresh_pieces = encode_elements(fresh, implicit_vr, codec_of(_UTF8 if utf8 else None))
-    return b"".join([piece for _, piece in sorted(pieces + fresh_pieces)])
-
-
-def _stored_part(match: Match, implicit_vr: bool) -> tuple[bool, list[tuple[str, bytes]]]:
-    """Whether the stored part of ``match`` needs UTF-8, and its encoded elements (cached);
-    with UTF-8 the Specific Character Set element is among them."""
-    key = (match.stored_key, implicit_vr)
-    entry = ENCODED.get(key)
-    if entry is None:
-        skip = match.computed | {QUERY_RETRIEVE_LEVEL, RETRIEVE_AE_TITLE}
-        stored = {tag: value for tag, value in match.json.items() if tag not in skip}
-        utf8 = needs_utf8(stored)
-        if utf8:
-            stored[_CHARSET] = {"vr": "CS", "Value": [_UTF8]}
-        entry = (utf8, encode_elements(stored, implicit_vr, codec_of(_UTF8 if utf8 else None)))
-        ENCODED.put(key, entry)
-    return entry
-
-
-def _encode_whole(body: dict[str, Any], implicit_vr: bool) -> bytes:
-    return encode_identifier(body, implicit_vr=implicit_vr, charset=_UTF8 if needs_utf8(body) else None)
+def _encode(body: dict[str, Any], tags: list[str], level: Level, ae_title: str, implicit_vr: bool) -> bytes:
+    """:func:`_response` without the cache."""
+    body = {**body, **{tag: _empty(tag) for tag in tags if tag not in body}}
+    body[QUERY_RETRIEVE_LEVEL] = {"vr": "CS", "Value": [level.value]}
+    body[RETRIEVE_AE_TITLE] = {"vr": "AE", "Value": [ae_title]}
+    return encode_identifier(body, implicit_vr=implicit_vr, charset="ISO_IR 192" if needs_utf8(body) else None)
 
 
 def handle_find(request: DimseRequest) -> None:

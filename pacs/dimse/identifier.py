@@ -215,13 +215,9 @@ def _valueless(key: str, elem: dict, vr: str) -> bytes | None:
     return b""
 
 
-def encode_elements(body: dict[str, dict], implicit: bool, codec: str) -> list[tuple[str, bytes]]:
-    """Each element of ``body`` encoded whole (tag, VR, length, value), with its JSON key,
-    in tag order (PS3.5 7.1; keys sort like their tags). ``codec`` is "ascii" or "utf-8";
-    nothing is added for the character set (:func:`encode_identifier` does that). Pieces
-    of two bodies with no key in common can be merged by key: a C-FIND SCP encodes the
-    stored part of an answer once and only the computed part for every response."""
-    out: list[tuple[str, bytes]] = []
+def _dataset(body: dict[str, dict], implicit: bool, codec: str) -> bytes:
+    """The elements of ``body`` in tag order (PS3.5 7.1); keys sort like their tags."""
+    out: list[bytes] = []
     add = out.append
     for key in sorted(body):
         tag = _tags.get(key)
@@ -242,33 +238,17 @@ def encode_elements(body: dict[str, dict], implicit: bool, codec: str) -> list[t
             data = _valueless(key, elem, vr)
             if data is None:
                 continue
-        add((key, _header(tag, vr, len(data), implicit) + data))
-    return out
-
-
-def _header(tag: bytes, vr: str, length: int, implicit: bool) -> bytes:
-    """Tag, VR (explicit only) and value length of one element (PS3.5 7.1.2, 7.1.3)."""
-    if implicit:
-        return tag + _PACK_L(length)
-    if vr in _LONG_VRS:
-        return tag + _HEADS[vr] + _PACK_L(length)
-    if length > 0xFFFF:  # pydicom's fallback: VR UN, 4-byte length
-        return tag + b"UN\x00\x00" + _PACK_L(length)
-    return tag + _HEADS[vr] + _PACK_H(length)
-
-
-def _dataset(body: dict[str, dict], implicit: bool, codec: str) -> bytes:
-    """The elements of ``body`` in tag order (PS3.5 7.1)."""
-    return b"".join([piece for _, piece in encode_elements(body, implicit, codec)])
-
-
-def codec_of(charset: str | None) -> str:
-    """The codec of an identifier in ``charset``: None/ASCII or ``ISO_IR 192``."""
-    if charset in _ASCII_CHARSETS:
-        return "ascii"
-    if charset == _UTF8:
-        return "utf-8"
-    raise ValueError(f"unsupported charset {charset!r}: use None (ASCII) or {_UTF8!r}")
+        length = len(data)
+        if implicit:
+            add(tag + _PACK_L(length))
+        elif vr in _LONG_VRS:
+            add(tag + _HEADS[vr] + _PACK_L(length))
+        elif length > 0xFFFF:  # pydicom's fallback: VR UN, 4-byte length
+            add(tag + b"UN\x00\x00" + _PACK_L(length))
+        else:
+            add(tag + _HEADS[vr] + _PACK_H(length))
+        add(data)
+    return b"".join(out)
 
 
 def encode_identifier(body: dict[str, dict], *, implicit_vr: bool, charset: str | None = None) -> bytes:
@@ -280,9 +260,13 @@ def encode_identifier(body: dict[str, dict], *, implicit_vr: bool, charset: str 
     BulkDataURI are left out. See the module docstring for where the bytes differ from
     pydicom's. Raises ``ValueError`` on values that cannot be encoded.
     """
-    codec = codec_of(charset)
-    if codec == "utf-8":
+    if charset in _ASCII_CHARSETS:
+        codec = "ascii"
+    elif charset == _UTF8:
+        codec = "utf-8"
         body = {**body, _CHARSET_TAG: _UTF8_ELEMENT}
+    else:
+        raise ValueError(f"unsupported charset {charset!r}: use None (ASCII) or {_UTF8!r}")
     try:
         return _dataset(body, implicit_vr, codec)
     except UnicodeEncodeError as exc:
