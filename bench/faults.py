@@ -51,7 +51,7 @@ from tests.factory import dataset_part, make_ct, to_bytes  # noqa: E402
 from tests.servers import ProcessServer  # noqa: E402
 from tests.pynetdicom_guard import install as guard_pynetdicom_associations  # noqa: E402
 from tests.test_faults import (  # noqa: E402
-    FaultProxy, Load, PrivatePostgres, dimse_sender, http_call, stow, stow_sender, store_ae, until,
+    FaultProxy, Load, PrivatePostgres, dimse_sender, stow, stow_sender, store_ae, until,
 )
 
 RESULTS: list[tuple[str, bool, str]] = []

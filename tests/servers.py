@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -106,6 +107,19 @@ def echo(port: int, ae_title: str = "PACS", calling_ae: str = "PROBE") -> bool:
     return ok
 
 
+def wait_until(check: Callable[[], Any], timeout: float = 30, what: str = "condition",
+               every: float = 0.02) -> Any:
+    """Poll ``check`` until it returns something truthy; that value, or AssertionError
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)  # polling interval
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -126,12 +140,25 @@ class ProcessServer:
         self.proc: subprocess.Popen | None = None
         self.log_path = cwd / f"server-{self.http_port}.log"
 
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
     def start(self, timeout: float = 60) -> "ProcessServer":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pacs.cli", "serve"], env=self.env, cwd=self.cwd,
-            stdout=log, stderr=subprocess.STDOUT,
-        )
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> "ProcessServer":
+        """Start the process without waiting (several servers can then start together)."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pacs.cli", "serve"], env=self.env, cwd=self.cwd,
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> "ProcessServer":
+        """Poll until /healthz answers 200 and a C-ECHO succeeds."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -143,11 +170,22 @@ class ProcessServer:
             except OSError:
                 pass
             time.sleep(0.05)  # polling interval while waiting for readiness
-        raise TimeoutError("server did not become ready")
+        raise TimeoutError(f"server did not become ready: {self.log_path.read_text()[-2000:]}")
 
     def _dimse_ready(self) -> bool:
         """A C-ECHO succeeds (a bare TCP probe would leave an acceptor waiting)."""
         return echo(self.dimse_port)
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM, then SIGKILL (by its PID) if it lingers; nothing if it is not running."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 from pydicom.dataset import Dataset
@@ -26,20 +25,10 @@ from pacs.index.models import CommitmentRequest
 from pacs.settings import Settings
 
 from .factory import ROOT, make_ct
-from .servers import ThreadedServer, free_port
+from .servers import ThreadedServer, free_port, wait_until
 
 TIMEOUT = 20.0
 
-
-def wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT, what: str = "condition") -> object:
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)  # polling interval
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Modality:

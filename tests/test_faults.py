@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass, field, replace
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import boto3
 import pytest
@@ -44,23 +44,12 @@ from pacs.storage import S3Store
 from .factory import dataset_part, make_ct, short_uid, to_bytes
 from .pynetdicom_guard import UNGUARDED_ASSOCIATE
 from .servers import ProcessServer, ThreadedServer, free_port
+from .servers import wait_until as until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 # -- tools ------------------------------------------------------------------------------
-def until(check: Callable[[], Any], timeout: float = 20, what: str = "condition", every: float = 0.02) -> Any:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(every)  # polling interval
-
-
 class FaultProxy:
     """A TCP proxy (in a thread of its own) in front of a service, which can be switched
     between ``up`` (forward), ``down`` (every connection, open or new, reset at once) and

@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import boto3
 import pytest
@@ -45,7 +40,7 @@ from .ai_support import Receiver
 from .conftest import postgres_schema
 from .factory import dataset_part, make_ct, short_uid, to_bytes
 from .retrieve_peers import StoreSCP
-from .servers import ProcessServer, echo
+from .servers import ProcessServer, wait_until
 from .test_reports import FhirReceiver
 
 pytestmark = pytest.mark.slow
@@ -59,17 +54,6 @@ DEADLINE = 30.0
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def wait_for(check: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll ``check`` until it returns something truthy (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)  # polling interval
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def http(method: str, url: str, body: Any = None, *, accept: str = "application/json",
          expect: int = 200) -> tuple[bytes, dict[str, str]]:
     """One HTTP request; the body and headers of the answer, which must have status ``expect``."""
@@ -104,45 +88,8 @@ def multipart_parts(body: bytes, content_type: str) -> list[bytes]:
     return parts
 
 
-class Node(ProcessServer):
-    """One ``pacs serve`` node; started without waiting, so that several start together."""
-
-    def launch(self) -> "Node":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pacs.cli", "serve"], env=self.env, cwd=self.cwd,
-                                     stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        return self
-
-    def wait_ready(self, timeout: float = 60) -> "Node":
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.base}/healthz", timeout=1) as resp:
-                    if resp.status == 200 and echo(self.dimse_port):
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.05)  # polling interval while waiting for readiness
-        raise TimeoutError(f"node did not become ready: {self.log_path.read_text()[-3000:]}")
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL by PID if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+#: One ``pacs serve`` node (launched without waiting, so that several start together).
+Node = ProcessServer
 
 
 class LoopThread:
@@ -221,7 +168,7 @@ def c_move_study(node: Node, study: str, destination: str) -> Dataset:
 def stable_events(node: Node, study: str) -> list[dict[str, Any]]:
     changes, since = [], 0
     while True:
-        page = get_json(f"{node.base}/api/changes?since={since}&limit=1000")
+        page = get_json(f"{node.base_url}/api/changes?since={since}&limit=1000")
         changes += page["changes"]
         since = page["last"]
         if page["done"]:
@@ -279,7 +226,7 @@ def nodes(tmp_path: Path, moto_endpoint: str, receivers) -> Iterator[tuple[Node,
             (tmp_path / name).mkdir()
             pair.append(Node({**common, "PACS_DATA_DIR": str(tmp_path / name / "data")}, tmp_path / name))
         a, b = pair
-        public = f"{b.base}/dicom-web"  # what a load balancer's address would be
+        public = f"{b.base_url}/dicom-web"  # what a load balancer's address would be
         for node in pair:
             node.env["PACS_PUBLIC_BASE_URL"] = public
         try:
@@ -299,12 +246,12 @@ def test_two_nodes_share_index_bucket_and_deliver_once(nodes, receivers) -> None
     webhook, fhir, _ = receivers
 
     # An AI subscription made through A; a C-MOVE destination registered through B.
-    sub = json.loads(http("POST", f"{a.base}/api/ai/subscriptions", {
+    sub = json.loads(http("POST", f"{a.base_url}/api/ai/subscriptions", {
         "name": "ct-engine", "trigger": "study_stable", "filter": {"modalities": ["CT"]},
         "delivery": {"type": "webhook", "url": webhook.url, "secret": SECRET}}, expect=201)[0])
     dest = StoreSCP(ae_title="DEST").start()
     try:
-        http("POST", f"{b.base}/api/aes", {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.port}, expect=201)
+        http("POST", f"{b.base_url}/api/aes", {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.port}, expect=201)
         _scenario(a, b, webhook, fhir, dest, sub)
     finally:
         dest.stop()
@@ -335,7 +282,7 @@ def _scenario(a: Node, b: Node, webhook: Receiver, fhir: FhirReceiver, dest: Sto
     assert len(sent) == 8
 
     # QIDO-RS through B: the study, with exact values and counts over both nodes' writes.
-    [match] = get_json(f"{b.base}/dicom-web/studies?StudyInstanceUID={study}"
+    [match] = get_json(f"{b.base_url}/dicom-web/studies?StudyInstanceUID={study}"
                        "&includefield=00081030&includefield=00201206&includefield=00201208")
     assert match["0020000D"]["Value"] == [study]
     assert match["00100020"]["Value"] == ["MN1"]
@@ -344,11 +291,11 @@ def _scenario(a: Node, b: Node, webhook: Receiver, fhir: FhirReceiver, dest: Sto
     assert match["00081030"]["Value"] == ["MULTI NODE"]
     assert match["00080061"]["Value"] == ["CT"]
     assert (match["00201206"]["Value"], match["00201208"]["Value"]) == ([2], [8])
-    instances = get_json(f"{b.base}/dicom-web/studies/{study}/instances")
+    instances = get_json(f"{b.base_url}/dicom-web/studies/{study}/instances")
     assert sorted(i["00080018"]["Value"][0] for i in instances) == sorted(sent)
 
     # WADO-RS through B: every instance, the bytes that were sent.
-    body, headers = http("GET", f"{b.base}/dicom-web/studies/{study}",
+    body, headers = http("GET", f"{b.base_url}/dicom-web/studies/{study}",
                          accept='multipart/related; type="application/dicom"')
     parts = multipart_parts(body, headers["Content-Type"])
     got = {str(dcmread(BytesIO(p), stop_before_pixels=True).SOPInstanceUID): p for p in parts}
@@ -366,7 +313,7 @@ def _scenario(a: Node, b: Node, webhook: Receiver, fhir: FhirReceiver, dest: Sto
     for node in (b, a):
         dest.received.clear()
         final = c_move_study(node, study, "DEST")
-        assert final.Status == 0x0000, node.base
+        assert final.Status == 0x0000, node.base_url
         assert (final.NumberOfCompletedSuboperations, final.get("NumberOfFailedSuboperations", 0)) == (8, 0)
         assert set(dest.received) == set(sent)
         for uid, data in sent.items():
@@ -374,41 +321,41 @@ def _scenario(a: Node, b: Node, webhook: Receiver, fhir: FhirReceiver, dest: Sto
             assert dest.received[uid].dataset() == dcmread(BytesIO(data))
 
     # StudyStable once, whichever node's sweep won; the change feed is the same from both.
-    [stable] = wait_for(lambda: stable_events(b, study), "StudyStable")
+    [stable] = wait_until(lambda: stable_events(b, study), DEADLINE, "StudyStable")
     assert stable["payload"] == {"series": 2, "instances": 8, "modalities": ["CT"]}
     # The AI engine gets one notification, from one of the two outbox senders.
-    wait_for(lambda: webhook.accepted(), "the AI notification")
-    deliveries = wait_for(lambda: [d for d in get_json(f"{a.base}/api/ai/deliveries?subscription={sub['id']}")
-                                   ["deliveries"] if d["status"] == "delivered"], "the delivery logged")
+    wait_until(lambda: webhook.accepted(), DEADLINE, "the AI notification")
+    deliveries = wait_until(lambda: [d for d in get_json(f"{a.base_url}/api/ai/deliveries?subscription={sub['id']}")
+                                   ["deliveries"] if d["status"] == "delivered"], DEADLINE, "the delivery logged")
     assert [(d["status"], d["attempts"], d["last_status"]) for d in deliveries] == [("delivered", 1, 200)]
     [note] = webhook.json_accepted()
     assert (note["event_id"], note["event_type"], note["study_uid"]) == (stable["id"], "StudyStable", study)
-    assert note["summary"]["instances"] == 8 and note["dicomweb"]["study"] == f"{b.base}/dicom-web/studies/{study}"
+    assert note["summary"]["instances"] == 8 and note["dicomweb"]["study"] == f"{b.base_url}/dicom-web/studies/{study}"
     assert webhook.received[0]["verified"]
     # Its study-scoped token, signed with the key both nodes share, opens the study on A.
-    req = urllib.request.Request(f"{a.base}/dicom-web/studies/{study}/metadata",
+    req = urllib.request.Request(f"{a.base_url}/dicom-web/studies/{study}/metadata",
                                  headers={"Authorization": f"Bearer {note['access_token']}"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         assert sorted(i["00080018"]["Value"][0] for i in json.loads(resp.read())) == sorted(sent)
     # The EMR gets one ImagingStudy for that StudyStable.
-    wait_for(lambda: fhir.of("ImagingStudy"), "the ImagingStudy")
+    wait_until(lambda: fhir.of("ImagingStudy"), DEADLINE, "the ImagingStudy")
     [imaging] = fhir.of("ImagingStudy")
     assert imaging.numberOfInstances == 8 and [s.numberOfInstances for s in imaging.series] == [4, 4]
 
     # A report: claimed through A, drafted through B, signed through A.
-    wait_for(lambda: _status(f"{b.base}/api/reading-worklist/{study}") == 200, "the reading worklist")
-    http("POST", f"{a.base}/api/reading-worklist/{study}/claim", {"radiologist": "alice"})
-    http("PUT", f"{b.base}/api/reports/{study}/draft",
+    wait_until(lambda: _status(f"{b.base_url}/api/reading-worklist/{study}") == 200, DEADLINE, "the reading worklist")
+    http("POST", f"{a.base_url}/api/reading-worklist/{study}/claim", {"radiologist": "alice"})
+    http("PUT", f"{b.base_url}/api/reports/{study}/draft",
          {"radiologist": "alice", "findings": "Two nodes, one study.", "impression": "Normal."})
-    signed = json.loads(http("POST", f"{a.base}/api/reports/{study}/sign", {"radiologist": "alice"})[0])
+    signed = json.loads(http("POST", f"{a.base_url}/api/reports/{study}/sign", {"radiologist": "alice"})[0])
     assert (signed["status"], signed["version"]) == ("final", 1)
-    wait_for(lambda: fhir.of("DiagnosticReport"), "the DiagnosticReport")
+    wait_until(lambda: fhir.of("DiagnosticReport"), DEADLINE, "the DiagnosticReport")
     # The report's SR makes the study change: a second StudyStable (9 instances) and a second
     # ImagingStudy follow, the AI engine is not notified again (no new images).
-    wait_for(lambda: len(stable_events(a, study)) == 2, "the second StudyStable")
-    wait_for(lambda: len(fhir.of("ImagingStudy")) == 2, "the second ImagingStudy")
-    fhir_messages = wait_for(lambda: _settled(get_json(f"{b.base}/api/outbox?channel=fhir")["messages"]),
-                             "the EMR messages settled")
+    wait_until(lambda: len(stable_events(a, study)) == 2, DEADLINE, "the second StudyStable")
+    wait_until(lambda: len(fhir.of("ImagingStudy")) == 2, DEADLINE, "the second ImagingStudy")
+    fhir_messages = wait_until(lambda: _settled(get_json(f"{b.base_url}/api/outbox?channel=fhir")["messages"]),
+                             DEADLINE, "the EMR messages settled")
     first, second = stable_events(a, study)
     assert first == stable and second["payload"]["instances"] == 9
     assert stable_events(a, study) == stable_events(b, study)
