@@ -19,7 +19,6 @@ import contextlib
 import datetime as dt
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from ingest_report import (  # noqa: E402
     git_commit,
     machine_info,
 )
-from ingest_servers import ServerProcess, find_dcmtk_storescu, postgres_schema  # noqa: E402
+from ingest_servers import ServerProcess, find_dcmtk_storescu, finish_run, postgres_schema  # noqa: E402
 
 CALLING_AE = "BENCH"
 CLIENT_TIMEOUT = 1800.0  # seconds; a bound, not an expectation
@@ -185,13 +184,7 @@ def run_once(args: argparse.Namespace, data: DataSet, associations: int, storesc
             exit_code = server.stop()
             stop_seconds = time.monotonic() - stop_started
     record.update(server_exit_code=exit_code, server_stop_s=round(stop_seconds, 2))
-    if not record["ok"]:
-        print(f"run failed: {record['error']}\nserver log tail ({server.log_path}):\n{server.log_tail()}",
-              file=sys.stderr)
-    if args.keep or not record["ok"]:
-        print(f"kept {run_dir}", file=sys.stderr)
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    finish_run(server, run_dir, None if record["ok"] else record["error"], args.keep)
     return record
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -253,3 +254,14 @@ def find_dcmtk_storescu() -> str:
         if "dcmtk" in (out.stdout + out.stderr).lower():
             return path
     raise FileNotFoundError("dcmtk storescu not found (apt-get install dcmtk, or set DCMTK_STORESCU)")
+
+
+def finish_run(server: "ServerProcess", run_dir: Path, error: str | None, keep: bool) -> None:
+    """After a benchmark run: on failure print the error and the server's log tail; keep
+    the run folder when asked or when the run failed, else delete it."""
+    if error is not None:
+        print(f"run failed: {error}\nserver log tail ({server.log_path}):\n{server.log_tail()}", file=sys.stderr)
+    if keep or error is not None:
+        print(f"kept {run_dir}", file=sys.stderr)
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -30,7 +30,6 @@ import contextlib
 import datetime as dt
 import multiprocessing as mp
 import os
-import shutil
 import sys
 import threading
 import time
@@ -43,7 +42,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from ingest_data import WORK_DIR  # noqa: E402
 from ingest_report import BENCH_DIR, append_jsonl, git_commit, machine_info  # noqa: E402
 from ingest_servers import (  # noqa: E402
-    ServerProcess, count_instance_stored, postgres_schema, proc_status_kb, tree_sum,
+    ServerProcess, count_instance_stored, finish_run, postgres_schema, proc_status_kb, tree_sum,
 )
 from load_http import reader_process  # noqa: E402
 from load_store import make_template, run_storers, storer_process  # noqa: E402
@@ -271,13 +270,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
             record["error"] = f"{type(exc).__name__}: {exc}"
         finally:
             record["server_exit_code"] = server.stop()
-    if not record["ok"]:
-        print(f"run failed: {record['error']}\nserver log tail ({server.log_path}):\n{server.log_tail()}",
-              file=sys.stderr)
-    if args.keep or not record["ok"]:
-        print(f"kept {run_dir}", file=sys.stderr)
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    finish_run(server, run_dir, None if record["ok"] else record["error"], args.keep)
     return record
 
 

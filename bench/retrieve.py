@@ -37,7 +37,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from ingest_data import DATASETS, WORK_DIR, DataSet, ensure_dataset  # noqa: E402
 from ingest_report import append_jsonl, git_commit, machine_info  # noqa: E402
 from tests.servers import echo as echo_ok  # noqa: E402
-from ingest_servers import POLL_INTERVAL, ServerProcess, free_port, proc_status_kb  # noqa: E402
+from ingest_servers import POLL_INTERVAL, ServerProcess, finish_run, free_port, proc_status_kb  # noqa: E402
 
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "retrieve.jsonl"
 CALLING_AE, DESTINATION_AE = "BENCH", "BENCHSCP"
@@ -270,12 +270,8 @@ def run_once(args: argparse.Namespace, data: DataSet, archive_dir: Path, study: 
             shutil.rmtree(run_dir / f"{op}-received", ignore_errors=True)
     finally:
         server.stop()
-    if not all(r["ok"] for r in records):
-        print(f"server log tail ({server.log_path}):\n{server.log_tail()}", file=sys.stderr)
-    if args.keep or not all(r["ok"] for r in records):
-        print(f"kept {run_dir}", file=sys.stderr)
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    failed = [f"{r['op']}: {r['error']}" for r in records if not r["ok"]]
+    finish_run(server, run_dir, "; ".join(failed) or None, args.keep)
     return records
 
 

@@ -20,7 +20,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -34,7 +33,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from ingest_data import WORK_DIR, DataSet, ensure_dataset, split_evenly  # noqa: E402
 from ingest_report import BENCH_DIR, append_jsonl, git_commit, machine_info  # noqa: E402
-from ingest_servers import ServerProcess, postgres_schema  # noqa: E402
+from ingest_servers import ServerProcess, finish_run, postgres_schema  # noqa: E402
 
 RESULTS_FILE = BENCH_DIR / "results" / "stow.jsonl"
 #: Targets (instances/s) of the STOW-RS issue, by client count.
@@ -135,12 +134,7 @@ def run_once(args: argparse.Namespace, data: DataSet, clients: int, batch: int) 
             record["error"] = f"{type(exc).__name__}: {exc}"
         finally:
             server.stop()
-    if not record["ok"]:
-        print(f"run failed: {record['error']}\n{server.log_tail()}", file=sys.stderr)
-    if args.keep or not record["ok"]:
-        print(f"kept {run_dir}", file=sys.stderr)
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    finish_run(server, run_dir, None if record["ok"] else record["error"], args.keep)
     return record
 
 
