@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
 
 from pacs.index.names import normalise_pn  # noqa: E402
+from pacs.index.summary import study_summary  # noqa: E402
 from pacs.index.writer import MODALITIES_ROOM, _set_within  # noqa: E402
 from pacs.parse import _extract_index_values, parse_instance  # noqa: E402
 from pacs.storage import instance_key  # noqa: E402
@@ -296,7 +297,7 @@ def add_study(batch: Batch, n: int, rng: random.Random, plan: tuple[int, int, in
     modalities = _pick_modalities(rng, rng.choice((2, 3, 3, 4)))
     description, body_part = rng.choice(DESCRIPTIONS[modalities[0]])
     common["StudyDescription"] = description
-    sop_classes, instance_pk, study_row = set(), INSTANCES_PER_STUDY * n + 1, {}
+    sop_classes, instance_pk, study_row, summary = set(), INSTANCES_PER_STUDY * n + 1, {}, {}
     for k, count in enumerate(SPLITS[len(modalities)]):
         template, series_pk = templates[modalities[k]], 4 * n + k + 1
         base = _series_body(template, {
@@ -309,6 +310,10 @@ def add_study(batch: Batch, n: int, rng: random.Random, plan: tuple[int, int, in
             body[_TAG["SOPInstanceUID"]] = _value("UI", f"{UID_ROOT}.3.{n + 1}.{k + 1}.{i + 1}")
             body[_TAG["InstanceNumber"]] = _value("IS", i + 1)
             batch.instances.append(_instance_row(body, template, instance_pk, series_pk, instance_row))
+            if not summary:  # the study's first instance: its summary (pacs/index/summary.py)
+                first = batch.instances[-1]
+                summary = {"summary_json": study_summary(body), "summary_rep": instance_pk,
+                           "summary_sha": first["sha256"]}
             instance_pk += 1
         sop_classes.add(SOP_CLASSES[modalities[k]])
         batch.series.append({"id": series_pk, "series_uid": series_uid(n, k), "study_fk": n + 1, **series_row,
@@ -319,7 +324,7 @@ def add_study(batch: Batch, n: int, rng: random.Random, plan: tuple[int, int, in
         "num_series": len(modalities), "num_instances": INSTANCES_PER_STUDY,
         "modalities": _set_within(sorted(set(modalities)), MODALITIES_ROOM),
         "sop_classes": "\\".join(sorted(sop_classes)), "last_instance_at": _epoch(day), "stable": True,
-        "created_at": _NOW})
+        "created_at": _NOW, **summary})
 
 
 def _epoch(day: int) -> float:

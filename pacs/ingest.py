@@ -43,6 +43,7 @@ from .access import SYSTEM, Caller, ingest_scope, require
 from .errors import Conflict, DuplicateConflict, PacsError, SOPClassMismatch, StorageUnavailable, StudyMismatch
 from .events import EventType, append_event
 from .index.models import Instance, PendingWrite, Series, Study
+from .index.summary import refresh_summary
 from .index.writer import (
     StaleEntry, bump_counts, bump_cached, entry_after_bump, lock_study, upsert_patient, upsert_series,
 )
@@ -220,6 +221,7 @@ _SELECT_EXISTING = select(Instance.id, Instance.sha256, Instance.blob_key, Insta
 
 
 _INSERT_INSTANCE = insert(Instance)
+_INSERT_INSTANCE_RETURNING = insert(Instance).returning(Instance.id)
 
 
 def _existing(archive: Archive, sop_uid: str):  # type: ignore[no-untyped-def]
@@ -335,7 +337,7 @@ def _write_rows(conn, archive: Archive, parsed: ParsedInstance, row: dict, held:
     if not held and _write_cached(conn, archive, parsed, row, now):
         return "stored"
     patient_pk = upsert_patient(conn, parsed.patient)
-    study = lock_study(conn, parsed.study_uid, patient_pk, parsed.study)
+    study = lock_study(conn, parsed.study_uid, patient_pk, parsed.study, first=(parsed.dicom_json, row["sha256"]))
     series_pk, new_series = upsert_series(conn, parsed.series_uid, study.id, parsed.series)
     old = conn.execute(_SELECT_EXISTING, {"b_sop": parsed.sop_instance_uid}).first() if held else None
     if old is not None and old.sha256 == row["sha256"]:
@@ -344,12 +346,14 @@ def _write_rows(conn, archive: Archive, parsed: ParsedInstance, row: dict, held:
         if archive.settings.duplicate_policy != "overwrite" or old.series_fk != series_pk:
             raise DuplicateConflict("SOP Instance UID already stored with other content")
         conn.execute(update(Instance).where(Instance.id == old.id).values(**row))
+        if old.id == study.summary_rep:
+            refresh_summary(conn, study.id)
         _touch(conn, study.id, series_pk, now)
         status = "replaced"
     else:
-        conn.execute(_INSERT_INSTANCE, {"series_fk": series_pk, **row})
+        instance_pk = conn.execute(_INSERT_INSTANCE_RETURNING, {"series_fk": series_pk, **row}).scalar()
         modality = parsed.series["modality"]
-        bump_counts(conn, study, series_pk, new_series, modality, parsed.sop_class_uid, now)
+        bump_counts(conn, study, series_pk, new_series, modality, parsed.sop_class_uid, now, instance_pk)
         archive.series_cache.put(parsed.series_uid, entry_after_bump(
             study, parsed.patient, patient_pk, series_pk, new_series, modality, parsed.sop_class_uid))
         status = "stored"

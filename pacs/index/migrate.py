@@ -11,11 +11,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, insert, select, text, update
 
 from .db import Database
 from .models import EventCounter, SchemaMeta
 from .names import PN_NORMALISATION_VERSION
+from .summary import SUMMARY_VERSION, backfill
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 #: PostgreSQL advisory lock key of the migration (any constant; "pacsmigr" in ASCII).
@@ -44,6 +45,24 @@ def _seed(conn: Connection) -> None:
     """The singleton rows, in the migration's transaction."""
     if conn.execute(select(EventCounter.id)).first() is None:
         conn.execute(insert(EventCounter).values(id=1, last_id=0))
+    _check_normalisation(conn)
+    _rebuild_summaries(conn)
+
+
+def _rebuild_summaries(conn: Connection) -> None:
+    """Rebuild every study summary when they were built from another attribute list."""
+    version = conn.execute(select(SchemaMeta.value).where(SchemaMeta.key == "study_summary")).scalar()
+    if version == SUMMARY_VERSION:
+        return
+    backfill(conn)
+    if version is None:
+        conn.execute(insert(SchemaMeta).values(key="study_summary", value=SUMMARY_VERSION))
+    else:
+        conn.execute(update(SchemaMeta).where(SchemaMeta.key == "study_summary").values(value=SUMMARY_VERSION))
+
+
+def _check_normalisation(conn: Connection) -> None:
+    """Record the person-name normaliser version, or refuse an index built with another."""
     version = conn.execute(
         select(SchemaMeta.value).where(SchemaMeta.key == "pn_normalisation")
     ).scalar()

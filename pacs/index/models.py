@@ -93,6 +93,10 @@ class Study(Base):
     last_instance_at: Mapped[float] = mapped_column(Float, default=0.0)
     stable: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: The first instance's patient and study attributes, its id and SHA-256 (pacs/index/summary.py).
+    summary_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    summary_rep: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    summary_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 Index("ix_study_unstable", Study.stable, Study.last_instance_at)

@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import Conflict
 from .models import Instance, Patient, Series, Study
+from .summary import refresh_summary, study_summary
 
 
 def _insert(conn: Connection, model: type):  # type: ignore[no-untyped-def]
@@ -57,12 +58,18 @@ def upsert_patient(conn: Connection, patient: dict[str, str]) -> int:
     return int(row.id)
 
 
-def lock_study(conn: Connection, study_uid: str, patient_pk: int, study: dict) -> Any:
-    """The study row, created if absent, locked for this transaction (PostgreSQL)."""
+def lock_study(conn: Connection, study_uid: str, patient_pk: int, study: dict,
+               first: tuple[str, str] = ("", "")) -> Any:
+    """The study row, created if absent, locked for this transaction (PostgreSQL).
+    ``first``: the DICOM JSON and SHA-256 of the instance being stored, summarised on
+    the row when it creates the study (:mod:`.summary`; :func:`bump_counts` then records
+    the instance's id)."""
     stmt = _SELECT_STUDY.with_for_update() if conn.dialect.name == "postgresql" else _SELECT_STUDY
     row = conn.execute(stmt, {"b_uid": study_uid}).first()
     if row is None:
-        _insert_returning_id(conn, Study, {"study_uid": study_uid, "patient_fk": patient_pk, **study})
+        dicom_json, sha = first
+        summary = {"summary_json": study_summary(dicom_json), "summary_sha": sha} if dicom_json else {}
+        _insert_returning_id(conn, Study, {"study_uid": study_uid, "patient_fk": patient_pk, **study, **summary})
         row = conn.execute(stmt, {"b_uid": study_uid}).one()
     if row.patient_fk != patient_pk:
         raise Conflict("StudyInstanceUID already held under another patient")
@@ -117,25 +124,29 @@ _BUMP_STUDY = (
         stable=False,
         modalities=bindparam("b_modalities"),
         sop_classes=bindparam("b_sop_classes"),
+        summary_rep=func.coalesce(Study.summary_rep, bindparam("b_rep")),
     )
 )
 
 
 def bump_counts(
     conn: Connection, study: Any, series_pk: int, new_series: bool,
-    modality: str, sop_class: str, now: float,
+    modality: str, sop_class: str, now: float, instance_pk: int | None = None,
 ) -> None:
-    """Count one more instance in its series and its (locked) study; extend the study's sets."""
+    """Count one more instance in its series and its (locked) study; extend the study's sets.
+    ``instance_pk``: the new instance, recorded as the summary's when it is the study's first."""
     conn.execute(_BUMP_SERIES, {"b_pk": series_pk, "b_now": now})
+    first = study.num_instances == 0 and study.summary_json is not None
     conn.execute(_BUMP_STUDY, {
         "b_pk": study.id, "b_now": now, "b_new_series": 1 if new_series else 0,
+        "b_rep": instance_pk if first else None,
         "b_modalities": _add_to_set(study.modalities, modality, MODALITIES_ROOM) if new_series else study.modalities,
         "b_sop_classes": _add_to_set(study.sop_classes, sop_class),
     })
 
 
 def recompute_study(conn: Connection, study_pk: int) -> None:
-    """Recompute every aggregate of a study from its rows (after deletes)."""
+    """Recompute every aggregate and the summary of a study from its rows (after deletes)."""
     series_rows = conn.execute(
         select(Series.id, Series.modality, func.count(Instance.id))
         .outerjoin(Instance, Instance.series_fk == Series.id)
@@ -157,6 +168,7 @@ def recompute_study(conn: Connection, study_pk: int) -> None:
             sop_classes="\\".join(sorted(classes)),
         )
     )
+    refresh_summary(conn, study_pk)
 
 
 def delete_empty(conn: Connection, study_pk: int) -> bool:

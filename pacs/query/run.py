@@ -1,7 +1,9 @@
 """Evaluate a :class:`Query` and build each match as DICOM JSON (PS3.18 F.2).
 
 Values come from the stored DICOM JSON of the match's first instance (the IMAGE level:
-the instance itself), computed attributes from the aggregate columns. Both doors take
+the instance itself), at study level from the study row's summary of that JSON when it
+holds every requested key (pacs/index/summary.py), computed attributes from the
+aggregate columns. Both doors take
 these JSON objects: QIDO-RS returns them, C-FIND turns them into identifiers.
 """
 
@@ -20,6 +22,7 @@ from sqlalchemy.sql import Select
 
 from ..index.db import Database
 from ..index.models import Instance, Patient, Series, Study
+from ..index.summary import covers
 from .model import Level, Query
 from .sql import compile_query
 
@@ -72,9 +75,12 @@ def _projection(level: Level) -> list[Any]:
     return [Instance.id.label("pk"), rep]
 
 
-def _statement(query: Query) -> Select:
+def _statement(query: Query, summarised: bool = False) -> Select:
     stmt = compile_query(query)
-    return stmt.with_only_columns(*_projection(query.level), maintain_column_froms=True)
+    columns = _projection(query.level)
+    if summarised:
+        columns += [Study.summary_json, Study.summary_rep, Study.summary_sha]
+    return stmt.with_only_columns(*columns, maintain_column_froms=True)
 
 
 def _is(value: int | None, vr: str = "IS") -> dict[str, Any]:
@@ -164,14 +170,18 @@ def search(db: Database, query: Query, tags: list[str] | None = None) -> Iterato
         yield from _search_all(db, query, tags)
         return
     wanted, key = set(tags), tuple(tags)
+    summarised = query.level == Level.STUDY and covers(wanted)
     with db.read() as conn:
-        rows = conn.execute(_statement(query)).all()
-        shas = _fetch(conn, Instance.sha256, [r.rep for r in rows if r.rep is not None])
+        rows = conn.execute(_statement(query, summarised)).all()
+        shas, texts = _summaries(rows) if summarised else ({}, {})
+        shas.update(_fetch(conn, Instance.sha256, [r.rep for r in rows if r.rep is not None and r.rep not in shas]))
         subsets = {rep: SUBSETS.get((rep, sha, key)) for rep, sha in shas.items()}
-        texts = _fetch(conn, Instance.dicom_json, [rep for rep, found in subsets.items() if found is None])
+        missing = [rep for rep, found in subsets.items() if found is None and rep not in texts]
+        texts.update(_fetch(conn, Instance.dicom_json, missing))
     for rep, text in texts.items():
-        subsets[rep] = _select_tags(orjson.loads(text), tags)  # orjson: 2x json.loads' speed
-        SUBSETS.put((rep, shas[rep], key), subsets[rep])
+        if subsets[rep] is None:
+            subsets[rep] = _select_tags(orjson.loads(text), tags)  # orjson: 2x json.loads' speed
+            SUBSETS.put((rep, shas[rep], key), subsets[rep])
     any_computed = not wanted.isdisjoint(_COMPUTED_TAGS[query.level])
     for row in rows:
         body = dict(subsets.get(row.rep) or {})
@@ -181,6 +191,16 @@ def search(db: Database, query: Query, tags: list[str] | None = None) -> Iterato
             body.update(computed)
         stored_key = (row.rep, shas[row.rep], key) if row.rep in shas else None
         yield Match(int(row.pk), body, stored_key, frozenset(computed))
+
+
+def _summaries(rows: list[Any]) -> tuple[dict[int, str], dict[int, str]]:
+    """SHA-256 and summary JSON of each study row's representative, from the study row
+    where its summary was taken from that representative (pacs/index/summary.py)."""
+    shas, texts = {}, {}
+    for row in rows:
+        if row.rep is not None and row.summary_json is not None and row.summary_rep == row.rep:
+            shas[row.rep], texts[row.rep] = row.summary_sha, row.summary_json
+    return shas, texts
 
 
 def _search_all(db: Database, query: Query, tags: list[str] | None) -> Iterator[Match]:
