@@ -73,19 +73,23 @@ def test_ingest_writes_the_summary_of_the_first_instance(archive: Archive) -> No
     assert orjson.loads(_study_row(archive).summary_json)[DESCRIPTION]["Value"] == ["D1"]
 
 
-def test_a_search_answers_from_the_summary_only_while_it_is_the_representatives(archive: Archive) -> None:
+def test_a_search_answers_from_the_summary_when_it_holds_every_key(archive: Archive) -> None:
     _store(archive, 1)
     _store(archive, 2)
     expected = _answer(archive, COVERED)
     assert expected[DESCRIPTION]["Value"] == ["HEAD"] and expected["00201208"]["Value"] == [2]
+    summary = _study_row(archive).summary_json
     with archive.db.write() as conn:  # the summary is read: a changed one shows
         conn.execute(update(Study).values(summary_json=orjson.dumps(
             {DESCRIPTION: {"vr": "LO", "Value": ["FROM SUMMARY"]}}).decode()))
     assert _answer(archive, COVERED)[DESCRIPTION]["Value"] == ["FROM SUMMARY"]
     # a key outside the summary: the whole answer comes from the instance JSON
     assert _answer(archive, [DESCRIPTION, SERIES_DESCRIPTION])[DESCRIPTION]["Value"] == ["HEAD"]
-    with archive.db.write() as conn:  # not the representative's: the instance JSON is read
-        conn.execute(update(Study).values(summary_rep=_first_instance(archive).id + 1))
+    with archive.db.write() as conn:  # no summary: the first instance is looked up
+        conn.execute(update(Study).values(summary_json=None, summary_rep=None, summary_sha=None))
+    assert _answer(archive, COVERED) == expected
+    with archive.db.write() as conn:  # a summary without its instance id: the same
+        conn.execute(update(Study).values(summary_json=summary))
     assert _answer(archive, COVERED) == expected
 
 

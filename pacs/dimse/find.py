@@ -111,7 +111,8 @@ def _response(match: Match, tags: list[str], level: Level, ae_title: str, implic
     if match.stored_key is None:
         return _encode(match.json, tags, level, ae_title, implicit_vr)
     computed = tuple([(tag, str(match.json[tag].get("Value"))) for tag in sorted(match.computed)])
-    key = (match.stored_key, computed, level, ae_title, implicit_vr)
+    # Only strings, numbers and tuples of them: the collector stops tracking such keys.
+    key = (match.stored_key, computed, level.value, ae_title, implicit_vr)
     identifier = RESPONSES.get(key)
     if identifier is None:
         identifier = _encode(match.json, tags, level, ae_title, implicit_vr)

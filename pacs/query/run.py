@@ -2,8 +2,9 @@
 
 Values come from the stored DICOM JSON of the match's first instance (the IMAGE level:
 the instance itself), at study level from the study row's summary of that JSON when it
-holds every requested key (pacs/index/summary.py), computed attributes from the
-aggregate columns. Both doors take
+holds every requested key (pacs/index/summary.py: kept exact by every write, so the
+search need not look for the first instance), computed attributes from the aggregate
+columns. Both doors take
 these JSON objects: QIDO-RS returns them, C-FIND turns them into identifiers.
 """
 
@@ -22,7 +23,7 @@ from sqlalchemy.sql import Select
 
 from ..index.db import Database
 from ..index.models import Instance, Patient, Series, Study
-from ..index.summary import covers
+from ..index.summary import covers, first_instances
 from .model import Level, Query
 from .sql import compile_query
 
@@ -57,9 +58,12 @@ def _first_instance(level: Level) -> Any:
     )
 
 
-def _projection(level: Level) -> list[Any]:
-    """Columns selected per level: key, representative instance, computed values."""
+def _projection(level: Level, summarised: bool = False) -> list[Any]:
+    """Columns selected per level, in this order (rows are read by position, a tenth of
+    the time of SQLAlchemy's access by name): key, representative instance, computed values."""
     rep = _first_instance(level).label("rep") if level != Level.IMAGE else Instance.id.label("rep")
+    if summarised:
+        rep = Study.summary_rep.label("rep")
     if level == Level.PATIENT:
         per_patient = Study.patient_fk == Patient.id
         return [
@@ -76,10 +80,12 @@ def _projection(level: Level) -> list[Any]:
 
 
 def _statement(query: Query, summarised: bool = False) -> Select:
+    """The search's SELECT. ``summarised`` (study level): each study's representative and
+    values come from its summary, so no sub-query looks for its first instance."""
     stmt = compile_query(query)
-    columns = _projection(query.level)
+    columns = _projection(query.level, summarised)
     if summarised:
-        columns += [Study.summary_json, Study.summary_rep, Study.summary_sha]
+        columns += [Study.summary_json, Study.summary_sha]
     return stmt.with_only_columns(*columns, maintain_column_froms=True)
 
 
@@ -96,19 +102,20 @@ _COMPUTED_TAGS = {
 }
 
 
-def _computed(level: Level, row: Any) -> dict[str, Any]:
-    """Computed attributes (PS3.4 C.6.1.1.x) of a result row."""
+def _computed(level: Level, row: tuple[Any, ...]) -> dict[str, Any]:
+    """Computed attributes (PS3.4 C.6.1.1.x) of a result row (columns of :func:`_projection`)."""
     if level == Level.PATIENT:
-        return {"00201200": _is(row.n_studies), "00201202": _is(row.n_series), "00201204": _is(row.n_inst)}
+        return {"00201200": _is(row[2]), "00201202": _is(row[3]), "00201204": _is(row[4])}
     if level == Level.STUDY:
-        values = {"00201206": _is(row.num_series), "00201208": _is(row.num_instances)}
-        if row.modalities:
-            values["00080061"] = {"vr": "CS", "Value": row.modalities.split("\\")}
-        if row.sop_classes:
-            values["00080062"] = {"vr": "UI", "Value": row.sop_classes.split("\\")}
+        modalities, sop_classes = row[4], row[5]
+        values = {"00201206": _is(row[2]), "00201208": _is(row[3])}
+        if modalities:
+            values["00080061"] = {"vr": "CS", "Value": modalities.split("\\")}
+        if sop_classes:
+            values["00080062"] = {"vr": "UI", "Value": sop_classes.split("\\")}
         return values
     if level == Level.SERIES:
-        return {"00201209": _is(row.num_instances)}
+        return {"00201209": _is(row[2])}
     return {}
 
 
@@ -147,11 +154,14 @@ class LruCache:
                 self._data.popitem(last=False)
 
 
-#: Requested attributes of representative instances, parsed, by (instance id, its SHA-256,
-#: requested tags). An instance's stored JSON changes only with its content, so an entry
-#: never goes stale; a query with the same return keys (a workstation's, OHIF's) skips
-#: reading and parsing the JSON again: for ~200 matches, the larger part of a search.
-#: Entries are a few requested attributes each (~1-2 KB): at most some tens of MB.
+#: Requested attributes of representative instances by (instance id, its SHA-256,
+#: requested tags), as JSON bytes. An instance's stored JSON changes only with its
+#: content, so an entry never goes stale; a query with the same return keys (a
+#: workstation's, OHIF's) skips reading the whole JSON again: for ~200 matches, the larger
+#: part of a search. Entries are a few requested attributes each (~0.3-2 KB): at most
+#: some tens of MB. Bytes, not parsed dicts: the cyclic garbage collector does not track
+#: bytes, and its full passes over 20,000 cached dicts of dicts stalled requests by up to
+#: 170 ms (docs/big-index.md); a cached entry is parsed again for each use (~2 us).
 SUBSETS = LruCache(20_000)
 
 
@@ -172,43 +182,50 @@ def search(db: Database, query: Query, tags: list[str] | None = None) -> Iterato
     wanted, key = set(tags), tuple(tags)
     summarised = query.level == Level.STUDY and covers(wanted)
     with db.read() as conn:
-        rows = conn.execute(_statement(query, summarised)).all()
-        shas, texts = _summaries(rows) if summarised else ({}, {})
-        shas.update(_fetch(conn, Instance.sha256, [r.rep for r in rows if r.rep is not None and r.rep not in shas]))
-        subsets = {rep: SUBSETS.get((rep, sha, key)) for rep, sha in shas.items()}
-        missing = [rep for rep, found in subsets.items() if found is None and rep not in texts]
-        texts.update(_fetch(conn, Instance.dicom_json, missing))
-    for rep, text in texts.items():
-        if subsets[rep] is None:
-            subsets[rep] = _select_tags(orjson.loads(text), tags)  # orjson: 2x json.loads' speed
-            SUBSETS.put((rep, shas[rep], key), subsets[rep])
+        rows = [tuple(row) for row in conn.execute(_statement(query, summarised))]
+        reps = {row[0]: row[1] for row in rows}
+        shas, summaries = _summaries(rows) if summarised else ({}, {})
+        if summarised and len(summaries) < len(rows):  # studies without a summary
+            reps.update(first_instances(conn, [row[0] for row in rows if row[1] not in summaries]))
+        shas.update(_fetch(conn, Instance.sha256, [rep for rep in reps.values() if rep is not None and rep not in shas]))
+        cached = {rep: SUBSETS.get((rep, sha, key)) for rep, sha in shas.items() if rep not in summaries}
+        texts = _fetch(conn, Instance.dicom_json, [rep for rep, found in cached.items() if found is None])
+    subsets = {rep: _select_tags(orjson.loads(text), tags) for rep, text in summaries.items()}
+    for rep, found in cached.items():
+        if found is not None:
+            subsets[rep] = orjson.loads(found)
+        elif rep in texts:
+            subsets[rep] = _select_tags(orjson.loads(texts[rep]), tags)  # orjson: 2x json.loads' speed
+            SUBSETS.put((rep, shas[rep], key), orjson.dumps(subsets[rep]))
     any_computed = not wanted.isdisjoint(_COMPUTED_TAGS[query.level])
     for row in rows:
-        body = dict(subsets.get(row.rep) or {})
+        rep = reps[row[0]]
+        body = subsets.get(rep) or {}
         computed = {}
         if any_computed:
             computed = {t: v for t, v in _computed(query.level, row).items() if t in wanted}
             body.update(computed)
-        stored_key = (row.rep, shas[row.rep], key) if row.rep in shas else None
-        yield Match(int(row.pk), body, stored_key, frozenset(computed))
+        stored_key = (rep, shas[rep], key) if rep in shas else None
+        yield Match(int(row[0]), body, stored_key, frozenset(computed))
 
 
-def _summaries(rows: list[Any]) -> tuple[dict[int, str], dict[int, str]]:
-    """SHA-256 and summary JSON of each study row's representative, from the study row
-    where its summary was taken from that representative (pacs/index/summary.py)."""
+def _summaries(rows: list[tuple[Any, ...]]) -> tuple[dict[int, str], dict[int, str]]:
+    """SHA-256 and summary JSON of each study row's representative (its first instance),
+    from the study row's last two columns (pacs/index/summary.py), by representative."""
     shas, texts = {}, {}
     for row in rows:
-        if row.rep is not None and row.summary_json is not None and row.summary_rep == row.rep:
-            shas[row.rep], texts[row.rep] = row.summary_sha, row.summary_json
+        rep, text = row[1], row[-2]
+        if text is not None and rep is not None:
+            shas[rep], texts[rep] = row[-1], text
     return shas, texts
 
 
 def _search_all(db: Database, query: Query, tags: list[str] | None) -> Iterator[Match]:
     """:func:`search` returning every attribute (not cached: whole objects are large)."""
     with db.read() as conn:
-        rows = conn.execute(_statement(query)).all()
-        bodies = _fetch(conn, Instance.dicom_json, [r.rep for r in rows if r.rep is not None])
+        rows = [tuple(row) for row in conn.execute(_statement(query))]
+        bodies = _fetch(conn, Instance.dicom_json, [row[1] for row in rows if row[1] is not None])
     for row in rows:
-        body = orjson.loads(bodies[row.rep]) if row.rep in bodies else {}
+        body = orjson.loads(bodies[row[1]]) if row[1] in bodies else {}
         body.update(_computed(query.level, row))
-        yield Match(int(row.pk), _select_tags(body, tags))
+        yield Match(int(row[0]), _select_tags(body, tags))
