@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.query import MODALITIES, SURNAMES, fill  # noqa: E402
+from bench.query import MODALITIES, SURNAMES, fill, quiet_collector  # noqa: E402
 from pacs.archive import Archive  # noqa: E402
 from pacs.settings import load_settings  # noqa: E402
 from sample_data import generate_ct_series  # noqa: E402
@@ -132,8 +132,9 @@ def retrieve_rate(port: int, path: str, repeat: int) -> dict[str, Any]:
 
 def measure(port: int, args: argparse.Namespace, study: str, series: str, sops: list[str]) -> dict[str, Any]:
     client = Client(port)
-    results: dict[str, Any] = {"qido": time_cases(client, qido_cases(random.Random(args.seed), args.studies,
-                                                                       args.repeat))}
+    qido = qido_cases(random.Random(args.seed), args.studies, args.repeat)
+    quiet_collector()
+    results: dict[str, Any] = {"qido": time_cases(client, qido)}
     series_path = f"/dicom-web/studies/{study}/series/{series}"
     results["series metadata"] = timed(lambda: client.get(series_path + "/metadata", DICOM_JSON), args.repeat)
     results["series instances (QIDO)"] = timed(lambda: client.get(series_path + "/instances", DICOM_JSON),
