@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, AsyncIterator, Callable, Protocol
 
+import orjson
 from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.helpers import parse_mimetype
 from aiohttp.http_exceptions import BadHttpMessage
@@ -467,11 +467,11 @@ async def store_instances(request: web.Request) -> web.Response:
     request["audit_studies"] = sorted({o.result.study_uid for o in received.outcomes if o.result is not None})
     if not received.outcomes:
         raise received.abort or MalformedRequest("the request holds no instance")
-    body = json.dumps(response_module(received, wado.base_url(request)), ensure_ascii=False)
+    body = orjson.dumps(response_module(received, wado.base_url(request)))
     headers = {hdrs.CONTENT_TYPE: accept.DICOM_JSON}
     if any(not o.stored for o in received.outcomes) or received.abort is not None:
         headers[hdrs.WARNING] = warning_header(received, request.host)
-    response = web.Response(status=response_status(received), body=body.encode("utf-8"), headers=headers)
+    response = web.Response(status=response_status(received), body=body, headers=headers)
     if received.abort is not None:
         response.force_close()  # the rest of the body was not read
     log.debug("STOW-RS: %d parts, %d stored", len(received.outcomes),

@@ -22,7 +22,6 @@ reference decides which refusal (:class:`~pacs.errors.InvalidInstance`) to repor
 
 from __future__ import annotations
 
-import json
 import logging
 import struct
 from typing import Any, BinaryIO
@@ -30,7 +29,7 @@ from typing import Any, BinaryIO
 from pydicom import config
 from pydicom.uid import UID
 
-from .dicom_json import implicit_vr, pydicom_defaults, raw_value_json
+from .dicom_json import implicit_vr, pydicom_defaults, raw_value_json, to_json_text
 from .errors import InvalidInstance
 from .parse import (
     BULK_PREFIX,
@@ -142,7 +141,7 @@ def _parse_header(buf: bytes, fp: BinaryIO, size: int) -> ParsedInstance:
     parsed.patient, parsed.study, parsed.series, parsed.instance = _extract_index_values(body)
     _pixel_data(fp, pixel_pos, size, ts, body, parsed)
     add_pixel_data_json(body, parsed, compressed=_TRANSFER_SYNTAXES[ts].is_compressed)
-    parsed.dicom_json = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    parsed.dicom_json = to_json_text(body)
     return parsed
 
 

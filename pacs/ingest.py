@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import orjson
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 from sqlalchemy import bindparam, delete, insert, select, update
@@ -233,20 +234,19 @@ def _store_and_index(
     archive: Archive, spool: _Spool, parsed: ParsedInstance, size: int, sha: str,
     source: str, calling_ae: str, flushing: Future,
 ) -> IngestResult:
-    """Check for a held copy (read only), write the object, then one index transaction.
+    """Write the object, then one index transaction.
+
+    Optimistic: nothing is read first. A new instance (nearly every one) is inserted at
+    once; a SOP Instance UID already held makes the insert fail on its unique index and
+    the duplicate policy decides then (:func:`_index`). That saves a read transaction per
+    instance; a re-send costs a write of the object instead, which for identical content
+    is a no-op in the folder store (same content-addressed key) and a repeated PUT on S3.
+    An object written for nothing (policy ``keep`` or ``reject``) is removed again.
 
     Once the object is written under its key, any failure leaves the spool in the
     incoming folder: :func:`sweep_orphans` then removes the object unless an index row
     uses it (an identical copy stored concurrently may).
     """
-    existing = _existing(archive, parsed.sop_instance_uid)
-    if existing is not None:
-        if existing.sha256 == sha:
-            return _result(parsed, "duplicate", size)
-        if archive.settings.duplicate_policy == "reject":
-            raise DuplicateConflict("SOP Instance UID already stored with other content")
-        if archive.settings.duplicate_policy == "keep":
-            return _result(parsed, "kept", size, "already stored; new copy discarded")
     key = instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid, sha[:16])
     _flushed(flushing)
     try:
@@ -257,15 +257,18 @@ def _store_and_index(
         spool.keep = not _record_failed_write(archive, key)
         raise
     try:
-        status = _index(archive, parsed, key, size, sha, source, calling_ae, held=existing is not None)
+        status, replaced_key = _index(archive, parsed, key, size, sha, source, calling_ae)
     except Conflict:  # refused for good by the index (not interrupted): the object goes now
         spool.keep = not _discard_unused(archive, key)
         raise
     except BaseException:
         spool.keep = True
         raise
-    if status == "replaced" and existing is not None and existing.blob_key != key:
-        archive.store.delete(existing.blob_key)
+    if status == "kept":
+        spool.keep = not _discard_unused(archive, key)
+        return _result(parsed, status, size, "already stored; new copy discarded")
+    if status == "replaced" and replaced_key not in (None, key):
+        archive.store.delete(replaced_key)
     return _result(parsed, status, size)
 
 
@@ -296,11 +299,13 @@ def _discard_unused(archive: Archive, key: str) -> bool:
 
 def _index(
     archive: Archive, parsed: ParsedInstance, key: str, size: int, sha: str,
-    source: str, calling_ae: str, held: bool = True,
-) -> str:
-    """One transaction: the rows, aggregates and event. ``held=False``: no copy was held
-    a moment ago, so the instance is inserted without looking first (a concurrent copy
-    makes the insert fail on the unique SOP Instance UID, handled below)."""
+    source: str, calling_ae: str,
+) -> tuple[str, str | None]:
+    """One transaction: the rows, aggregates and event; the status and, for ``replaced``,
+    the key of the object replaced. The instance is inserted without looking first; when
+    its SOP Instance UID is held (the insert fails on the unique index) the duplicate
+    policy decides: ``duplicate`` for the same content, else ``kept`` (policy keep),
+    the held row overwritten in a second transaction (``replaced``), or a refusal."""
     row = {
         "sop_instance_uid": parsed.sop_instance_uid,
         "sop_class_uid": parsed.sop_class_uid,
@@ -313,7 +318,7 @@ def _index(
         "source": source[:32], "calling_ae": calling_ae[:16],
         **parsed.instance,
     }
-    def work(conn) -> str:  # type: ignore[no-untyped-def]
+    def work(conn, held: bool = False) -> str:  # type: ignore[no-untyped-def]
         try:
             with conn.begin_nested():
                 return _write_rows(conn, archive, parsed, row, held)
@@ -322,12 +327,19 @@ def _index(
             return _write_rows(conn, archive, parsed, row, held=True)
 
     try:
-        return archive.db.write_grouped(work)
-    except IntegrityError:
-        # A concurrent ingest of the same SOP Instance UID committed first.
+        return archive.db.write_grouped(work), None
+    except IntegrityError:  # the SOP Instance UID is held (stored before, or just now)
         current = _existing(archive, parsed.sop_instance_uid)
-        if current is not None and current.sha256 == sha:
-            return "duplicate"
+    policy = archive.settings.duplicate_policy
+    if current is not None and current.sha256 == sha:
+        return "duplicate", None
+    if current is not None and policy == "keep":
+        return "kept", None
+    if current is None or policy != "overwrite":
+        raise DuplicateConflict("SOP Instance UID already stored with other content")
+    try:  # the held row, looked up and overwritten in the transaction (_write_rows)
+        return archive.db.write_grouped(lambda conn: work(conn, held=True)), current.blob_key
+    except IntegrityError:
         raise DuplicateConflict("SOP Instance UID stored concurrently with other content") from None
 
 
@@ -388,9 +400,7 @@ def _touch(conn, study_pk: int, series_pk: int, now: float) -> None:  # type: ig
 
 
 def _json(value: object) -> str | None:
-    import json
-
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def sweep_orphans(archive: Archive, grace_seconds: float) -> int:

@@ -8,7 +8,6 @@ other bulk data element, so that a frame is one ranged read of the stored object
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
@@ -21,7 +20,7 @@ from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 
-from .dicom_json import dataset_to_json_dict
+from .dicom_json import dataset_to_json_dict, to_json_text
 from .errors import InvalidInstance
 from .index.names import normalise_pn, normalise_time
 from .structure import check_structure, dataset_start
@@ -201,7 +200,7 @@ def parse_instance_reference(fp: BinaryIO, size: int) -> ParsedInstance:
     if ts != DeflatedExplicitVRLittleEndian and pixel_pos < size:
         _locate_pixel_data(fp, pixel_pos, size, ts, ds, parsed)
     add_pixel_data_json(body, parsed, compressed=bool(ts.is_compressed))
-    parsed.dicom_json = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    parsed.dicom_json = to_json_text(body)
     return parsed
 
 

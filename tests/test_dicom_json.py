@@ -411,3 +411,19 @@ def test_random_values_match_pydicom(seed: int) -> None:
         read = _part10(elements, rng.choice(sorted(TRANSFER_SYNTAXES)))
         prepare = _index_values if rng.random() < 0.3 else None
         _assert_same(read, suppress=rng.random() < 0.7, prepare=prepare)
+
+
+def test_stored_json_text_is_valid_json_and_matches_the_standard_library() -> None:
+    """pacs.dicom_json.to_json_text: json.dumps' compact UTF-8 output, but a non-finite
+    float becomes null (NaN is not JSON, and the search could not read it back), and an
+    integer beyond 64 bits still encodes."""
+    import json
+
+    from pacs.dicom_json import to_json_text
+
+    body = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]},
+            "00181050": {"vr": "DS", "Value": [0.5, 12]}}
+    assert to_json_text(body) == json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    assert to_json_text({"00189087": {"vr": "FD", "Value": [float("nan"), float("inf")]}}) == \
+        '{"00189087":{"vr":"FD","Value":[null,null]}}'
+    assert json.loads(to_json_text({"x": {"vr": "UV", "Value": [2**70]}}))["x"]["Value"] == [2**70]
