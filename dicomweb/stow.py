@@ -5,9 +5,9 @@
 (PS3.18 10.5.1.4, 8.7.3.1), or a single-part ``application/dicom`` body. Metadata with
 bulk data (``type="application/dicom+json"``) is :mod:`dicomweb.stow_json`.
 
-* **Streamed.** The body is read with aiohttp's ``MultipartReader``; each part goes chunk
-  by chunk (``read_chunk``: ``read()`` would collect the whole part and, from aiohttp
-  3.14, refuse one above ``client_max_size``) into a spool file in the archive's incoming
+* **Streamed.** The body is read with :class:`dicomweb.multipart.RelatedReader` (why not
+  aiohttp's ``MultipartReader``: see that module); each part goes chunk by chunk into a
+  spool file in the archive's incoming
   folder, hashed (SHA-256) as it is written so that ingest need not read it again. At
   most :data:`FLUSH_BYTES` of a part wait in memory before they are written.
 * **One ingest path.** Every part is handed to :meth:`pacs.archive.Archive.ingest_file`
@@ -41,7 +41,7 @@ from io import BytesIO
 from typing import Any, AsyncIterator, Callable, Protocol
 
 import orjson
-from aiohttp import BodyPartReader, hdrs, web
+from aiohttp import hdrs, web
 from aiohttp.helpers import parse_mimetype
 from aiohttp.http_exceptions import BadHttpMessage
 from pydicom import dcmread
@@ -58,6 +58,7 @@ from pacs.uids import lenient_uid, validate_uid
 from pacs.web import ARCHIVE, run_blocking
 
 from . import accept, wado
+from .multipart import RelatedReader
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class PartReader(Protocol):
 
     headers: Any
 
-    async def read_chunk(self, size: int = ...) -> bytes: ...
+    async def read_chunk(self, size: int = ...) -> bytes | memoryview: ...
 
     def at_eof(self) -> bool: ...
 
@@ -180,16 +181,17 @@ class WholeBody:
 
 
 async def parts(request: web.Request, kind: str) -> AsyncIterator[PartReader]:
-    """The body parts, in order. Broken framing (RFC 2046 5.1.1: a missing or wrong
-    delimiter, a nested multipart) raises :class:`MalformedRequest`; the messages never
-    quote the body."""
+    """The body parts, in order (:class:`dicomweb.multipart.RelatedReader`). Broken framing
+    (RFC 2046 5.1.1: a missing, wrong or truncated delimiter, a boundary longer than 70
+    characters) raises :class:`MalformedRequest`, a nested multipart part
+    :class:`UnsupportedMediaType`; the messages never quote the body."""
     if kind == "single":
         yield WholeBody(request)
         return
-    try:
-        reader = await request.multipart()
-    except (ValueError, AssertionError):
-        raise MalformedRequest("multipart/related header cannot be parsed (boundary)") from None
+    boundary = parse_mimetype(request.headers.get(hdrs.CONTENT_TYPE, "")).parameters.get("boundary", "")
+    if not 0 < len(boundary) <= 70:
+        raise MalformedRequest("multipart/related header cannot be parsed (boundary)")
+    reader = RelatedReader(request.content, boundary)
     while True:
         try:
             part = await reader.next()
@@ -198,7 +200,7 @@ async def parts(request: web.Request, kind: str) -> AsyncIterator[PartReader]:
                                    "(missing, wrong or truncated delimiter)") from None
         if part is None:
             return
-        if not isinstance(part, BodyPartReader):
+        if media_type(part.headers.get(hdrs.CONTENT_TYPE, "")).startswith("multipart/"):
             raise UnsupportedMediaType(f"nested multipart parts are not supported; send {SUPPORTED}")
         yield part
 
@@ -214,7 +216,7 @@ class Spool:
         self.head = b""
         self._fp: Any = None
 
-    def write(self, chunks: list[bytes]) -> None:
+    def write(self, chunks: list[bytes | memoryview]) -> None:
         """Append ``chunks`` (blocking; the file is created on the first call)."""
         if self._fp is None:
             fd, self.path = tempfile.mkstemp(suffix=".dcm", dir=self.folder)
@@ -238,13 +240,13 @@ class Spool:
                 pass
 
 
-async def read_part(part: PartReader, spool: Spool, budget: Budget) -> list[bytes]:
+async def read_part(part: PartReader, spool: Spool, budget: Budget) -> list[bytes | memoryview]:
     """Read ``part`` to its end. Whenever :data:`FLUSH_BYTES` are held they are written to
     the spool; the unwritten rest is returned (the ingest call writes it, so a small
     instance costs one executor round trip). A part is complete only once its closing
     delimiter was read: a truncated one raises :class:`MalformedRequest` and is never
     ingested (a cut between two elements could otherwise parse as a whole object)."""
-    held: list[bytes] = []
+    held: list[bytes | memoryview] = []
     size = 0
     while not part.at_eof():  # set by the closing delimiter only, never by a cut stream
         try:
@@ -253,7 +255,7 @@ async def read_part(part: PartReader, spool: Spool, budget: Budget) -> list[byte
             raise MalformedRequest("a part is truncated or malformed (no closing delimiter)") from None
         budget.take(len(chunk))
         if len(spool.head) < HEAD_BYTES:
-            spool.head += chunk[:HEAD_BYTES - len(spool.head)]
+            spool.head += bytes(chunk[:HEAD_BYTES - len(spool.head)])
         held.append(chunk)
         size += len(chunk)
         if size >= FLUSH_BYTES:
@@ -298,7 +300,7 @@ def identify(head: bytes) -> tuple[str, str]:
     return cls, sop
 
 
-def ingest_part(archive: Archive, spool: Spool, tail: list[bytes], study: str | None,
+def ingest_part(archive: Archive, spool: Spool, tail: list[bytes | memoryview], study: str | None,
                 caller: Caller) -> PartOutcome:
     """Write the rest of the part and hand the spool to the one ingest path (blocking).
     Never raises: a refusal becomes a failed outcome; once ingest owns the spool it

@@ -95,7 +95,7 @@ async def _bulk_part(part: Any, number: int, archive: Archive, budget: Budget) -
     return location, spool
 
 
-def _finish(spool: Spool, tail: list[bytes]) -> None:
+def _finish(spool: Spool, tail: list[bytes | memoryview]) -> None:
     spool.write(tail)
     spool.close()
 
