@@ -114,6 +114,20 @@ class RelatedReader:
         self._pos = end + 4
         return CIMultiDictProxy(headers)
 
+    async def read_body(self, size: int) -> tuple[memoryview, bool]:
+        """Up to ``size`` bytes of the current part's body, as a view of what was read, and
+        whether the part's delimiter follows them; ``ValueError`` when the body ends first."""
+        while True:
+            data, start = self._data, self._pos
+            index = data.find(self._delimiter, start)
+            end = index if index >= 0 else self._safe_end()
+            if end > start or index >= 0:
+                end = min(end, start + size)
+                self._pos = end
+                return memoryview(data)[start:end], end == index
+            if not await self._more():
+                raise ValueError("multipart body: a part is truncated (no closing delimiter)")
+
     def _safe_end(self) -> int:
         """Where the unread bytes stop being certainly data: at the start of a trailing
         piece that could begin the delimiter. Only its first byte is CR (a boundary holds
@@ -140,18 +154,8 @@ class BodyPart:
         whole); ``ValueError`` when the body ends before the part's delimiter."""
         if self._at_eof:
             return b""
-        reader = self._reader
-        while True:
-            data, start = reader._data, reader._pos
-            index = data.find(reader._delimiter, start)
-            end = index if index >= 0 else reader._safe_end()
-            if end > start or index >= 0:
-                end = min(end, start + size)
-                self._at_eof = end == index
-                reader._pos = end
-                return memoryview(data)[start:end]
-            if not await reader._more():
-                raise ValueError("multipart body: a part is truncated (no closing delimiter)")
+        chunk, self._at_eof = await self._reader.read_body(size)
+        return chunk
 
     async def skip(self) -> None:
         """Read the rest of the body and drop it."""

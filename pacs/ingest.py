@@ -44,7 +44,7 @@ from .access import SYSTEM, Caller, ingest_scope, require
 from .errors import Conflict, DuplicateConflict, PacsError, SOPClassMismatch, StorageUnavailable, StudyMismatch
 from .events import EventType, append_event
 from .index.models import Instance, PendingWrite, Series, Study
-from .index.summary import refresh_summary
+from .index.summary import write_summary
 from .index.writer import (
     StaleEntry, bump_counts, bump_cached, entry_after_bump, lock_study, upsert_patient, upsert_series,
 )
@@ -358,8 +358,8 @@ def _write_rows(conn, archive: Archive, parsed: ParsedInstance, row: dict, held:
         if archive.settings.duplicate_policy != "overwrite" or old.series_fk != series_pk:
             raise DuplicateConflict("SOP Instance UID already stored with other content")
         conn.execute(update(Instance).where(Instance.id == old.id).values(**row))
-        if old.id == study.summary_rep:
-            refresh_summary(conn, study.id)
+        if old.id == study.summary_rep:  # the study's first instance: its summary follows
+            write_summary(conn, study.id, old.id, row["dicom_json"], row["sha256"])
         _touch(conn, study.id, series_pk, now)
         status = "replaced"
     else:

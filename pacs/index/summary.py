@@ -103,6 +103,19 @@ _SET_SUMMARY = (
 )
 
 
+def _values(study_pk: int, first: Any) -> dict[str, Any]:
+    """:data:`_SET_SUMMARY`'s parameters from the first instance's row (None: no summary)."""
+    if first is None:
+        return {"b_pk": study_pk, "b_json": None, "b_rep": None, "b_sha": None}
+    return {"b_pk": study_pk, "b_json": study_summary(first.dicom_json), "b_rep": first.id, "b_sha": first.sha256}
+
+
+def write_summary(conn: Connection, study_pk: int, instance_pk: int, dicom_json: str, sha256: str) -> None:
+    """Set a study's summary from its first instance, e.g. right after it was replaced."""
+    conn.execute(_SET_SUMMARY, {"b_pk": study_pk, "b_json": study_summary(dicom_json),
+                                "b_rep": instance_pk, "b_sha": sha256})
+
+
 def refresh_summaries(conn: Connection, study_pks: list[int]) -> None:
     """Rewrite the summaries of ``study_pks`` from their current first instances (a study
     without instances gets none)."""
@@ -111,12 +124,7 @@ def refresh_summaries(conn: Connection, study_pks: list[int]) -> None:
         select(Instance.id, Instance.sha256, Instance.dicom_json).where(Instance.id.in_(list(reps.values())))
     ).all() if reps else []
     by_id = {row.id: row for row in rows}
-    values = []
-    for pk in study_pks:
-        row = by_id.get(reps.get(pk, -1))
-        values.append({"b_pk": pk, "b_json": study_summary(row.dicom_json) if row else None,
-                       "b_rep": row.id if row else None, "b_sha": row.sha256 if row else None})
-    conn.execute(_SET_SUMMARY, values)
+    conn.execute(_SET_SUMMARY, [_values(pk, by_id.get(reps.get(pk, -1))) for pk in study_pks])
 
 
 def refresh_summary(conn: Connection, study_pk: int) -> None:
