@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +31,8 @@ from bench.bigindex_cases import Search, cases, explain, sql_of  # noqa: E402
 from bench.bigindex_data import INSTANCES_PER_STUDY  # noqa: E402
 from bench.bigindex_load import LoadPlan, database_size, load, reset  # noqa: E402
 from bench.dicomweb import DICOM_JSON, Client  # noqa: E402
-from bench.query import _connect, quiet_collector  # noqa: E402
+from bench.ingest_report import append_jsonl, git_commit, machine_info  # noqa: E402
+from bench.query import connect, quiet_collector  # noqa: E402
 from tests.servers import ProcessServer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -61,25 +60,26 @@ def summary(times: list[float], matches: list[int]) -> dict[str, float]:
             "max_ms": round(times[-1], 2), "mean_matches": round(statistics.mean(matches), 1), "n": len(times)}
 
 
-def _timed(run: Callable[[Search], int], searches: list[Search]) -> dict[str, float]:
-    run(searches[-1])  # warm-up: first-use costs are not what is measured
+def _timed(run: Callable[[Any], int], requests: list[Any]) -> dict[str, float]:
+    """``run`` each request (built beforehand: only the exchange is timed)."""
+    run(requests[-1])  # warm-up: first-use costs are not what is measured
     times, matches = [], []
-    for search in searches:
+    for request in requests:
         started = time.perf_counter()
-        matches.append(run(search))
+        matches.append(run(request))
         times.append((time.perf_counter() - started) * 1000)
     return summary(times, matches)
 
 
 def time_cfind(port: int, all_cases: dict[str, list[Search]]) -> dict[str, dict[str, float]]:
     """Each case over one kept association; matches = pending responses."""
-    assoc = _connect(port, "lean", True)
+    assoc = connect(port, "lean", True)
 
-    def run(search: Search) -> int:
-        return sum(1 for status, _ in assoc.send_c_find(search.identifier(), FIND) if status.Status == 0xFF00)
+    def run(identifier: Any) -> int:
+        return sum(1 for status, _ in assoc.send_c_find(identifier, FIND) if status.Status == 0xFF00)
 
     try:
-        return {name: _timed(run, searches) for name, searches in all_cases.items()}
+        return {name: _timed(run, [s.identifier() for s in searches]) for name, searches in all_cases.items()}
     finally:
         assoc.release()
 
@@ -88,32 +88,23 @@ def time_qido(port: int, all_cases: dict[str, list[Search]]) -> dict[str, dict[s
     """Each case over one kept-alive HTTP/1.1 connection; matches = objects returned."""
     client = Client(port)
 
-    def run(search: Search) -> int:
-        client.conn.request("GET", search.qido_path(), headers={"Accept": DICOM_JSON})
+    def run(path: str) -> int:
+        client.conn.request("GET", path, headers={"Accept": DICOM_JSON})
         resp = client.conn.getresponse()
         body = resp.read()
         if resp.status not in (200, 204):
-            raise RuntimeError(f"GET {search.qido_path()}: {resp.status}")
+            raise RuntimeError(f"GET {path}: {resp.status}")
         return len(json.loads(body)) if body else 0
 
-    return {name: _timed(run, searches) for name, searches in all_cases.items()}
-
-
-def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    return {"nproc": os.cpu_count(), "cpu": cpu, "mem_mb": mem, "load_avg": os.getloadavg()}
+    return {name: _timed(run, [s.qido_path() for s in searches]) for name, searches in all_cases.items()}
 
 
 def append_result(name: str, record: dict[str, Any]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=HERE).stdout.strip()
-    record = {**record, "commit": commit, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": machine()}
-    with open(RESULTS / name, "a") as out:
-        out.write(json.dumps(record) + "\n")
+    """One JSON line in ``bench/results/<name>`` with the commit, date and machine (the
+    fields of every benchmark's results, bench/ingest_report.py) and the load average."""
+    machine = {**machine_info(), "load_avg": os.getloadavg()}
+    append_jsonl({**record, "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "machine": machine}, RESULTS / name)
 
 
 def print_table(runs: dict[str, dict[str, dict[str, float]]]) -> None:
@@ -189,8 +180,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for door in ("cfind", "qido"):
         for name, searches in cases(random.Random(args.seed), studies, patients, 3, door).items():
             search = searches[0]
-            query = search.cfind_query() if door == "cfind" else search.qido_query()
-            sql = sql_of(query, engine.dialect)
+            query, tags = search.cfind_request() if door == "cfind" else search.qido_request()
+            sql = sql_of(query, tags, engine.dialect)
             explain(engine, sql)  # warm the cache: the plan of a warm index is what is read
             plan, took = explain(engine, sql, analyze=not args.no_analyze)
             out.append(f"## {door}: {name} ({search.keys or 'no keys'}) {took:.2f} ms\n\n{sql}\n\n{plan}\n")

@@ -30,7 +30,7 @@ from bench.bigindex_data import (
 from dicomweb.qido import parse as parse_qido
 from pacs.dimse.find import query_from_identifier
 from pacs.query import Level, Query
-from pacs.query.run import _statement
+from pacs.query.run import statement
 
 OHIF = {"limit": "101", "offset": "0", "fuzzymatching": "false", "includefield": "00081030,00080060"}
 #: Return keys of each C-FIND level (a workstation's study browser).
@@ -71,16 +71,18 @@ class Search:
             path += f"/{self.keys['SeriesInstanceUID']}/instances"
         return path
 
-    def qido_query(self) -> Query:
-        """The query the QIDO-RS door makes of :meth:`qido_path`."""
+    def qido_request(self) -> tuple[Query, list[str] | None]:
+        """The query and return tags the QIDO-RS door makes of :meth:`qido_path`."""
         if self.level == "STUDY":
-            return parse_qido(Level.STUDY, list({**self.keys, **OHIF}.items()), {}).query
-        path = {k: v for k, v in self.keys.items() if k in ("StudyInstanceUID", "SeriesInstanceUID")}
-        return parse_qido(Level(self.level), [], path).query
+            parsed = parse_qido(Level.STUDY, list({**self.keys, **OHIF}.items()), {})
+        else:
+            path = {k: v for k, v in self.keys.items() if k in ("StudyInstanceUID", "SeriesInstanceUID")}
+            parsed = parse_qido(Level(self.level), [], path)
+        return parsed.query, parsed.tags
 
-    def cfind_query(self) -> Query:
-        """The query the C-FIND door makes of :meth:`identifier`."""
-        return query_from_identifier(self.identifier(), str(FIND))[0]
+    def cfind_request(self) -> tuple[Query, list[str]]:
+        """The query and return tags the C-FIND door makes of :meth:`identifier`."""
+        return query_from_identifier(self.identifier(), str(FIND))
 
 
 def _date_range(rng: random.Random) -> str:
@@ -117,9 +119,9 @@ def cases(rng: random.Random, studies: int, patients: int, n: int, door: str) ->
     return result
 
 
-def sql_of(query: Query, dialect: Any) -> str:
-    """The SELECT :func:`pacs.query.run.search` runs for ``query``, values inlined."""
-    return str(_statement(query).compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+def sql_of(query: Query, tags: list[str] | None, dialect: Any) -> str:
+    """The SELECT :func:`pacs.query.run.search` runs for ``query`` and ``tags``, values inlined."""
+    return str(statement(query, tags).compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
 
 def explain(engine: Engine, sql: str, analyze: bool = True) -> tuple[str, float]:

@@ -28,7 +28,6 @@ import orjson  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
 
-from pacs.index.names import normalise_pn  # noqa: E402
 from pacs.index.summary import study_summary  # noqa: E402
 from pacs.index.writer import MODALITIES_ROOM, _set_within  # noqa: E402
 from pacs.parse import _extract_index_values, parse_instance  # noqa: E402
@@ -341,8 +340,3 @@ def make_batch(first: int, count: int, batch_no: int, plan: tuple[int, int, int]
     for n in range(first, first + count):
         add_study(batch, n, rng, plan, templates)
     return batch
-
-
-def name_of(k: int, seed: int) -> str:
-    """Patient ``k``'s normalised name (what a PatientName query matches)."""
-    return normalise_pn(patient_values(k, seed)["PatientName"])

@@ -116,7 +116,7 @@ class LeanFindClient(StoreAssociation):
         return self.find(identifier)
 
 
-def _connect(port: int, client: str, nodelay: bool) -> Any:
+def connect(port: int, client: str, nodelay: bool) -> Any:
     if client == "lean":
         assoc = LeanFindClient("BENCH", "PACS", [(str(FIND), [ExplicitVRLittleEndian])], max_pdu=1 << 20,
                                connect_timeout=10, dimse_timeout=60, implementation_uid="1.2.3.4")
@@ -143,7 +143,7 @@ def quiet_collector() -> None:
 
 def time_queries(port: int, cases: dict[str, list[dict[str, str]]], nodelay: bool = True,
                  client: str = "pynetdicom") -> dict[str, dict[str, float]]:
-    assoc = _connect(port, client, nodelay)
+    assoc = connect(port, client, nodelay)
     quiet_collector()
     results = {}
     for name, keysets in cases.items():

@@ -79,6 +79,17 @@ def _projection(level: Level, summarised: bool = False) -> list[Any]:
     return [Instance.id.label("pk"), rep]
 
 
+def summarised(query: Query, tags: list[str] | None) -> bool:
+    """Whether the search answers from the study summaries (study level, every requested
+    key kept there; pacs/index/summary.py)."""
+    return query.level == Level.STUDY and tags is not None and ALL not in tags and covers(tags)
+
+
+def statement(query: Query, tags: list[str] | None) -> Select:
+    """The SELECT :func:`search` runs for ``query`` and ``tags`` (benchmarks show its plan)."""
+    return _statement(query, summarised(query, tags))
+
+
 def _statement(query: Query, summarised: bool = False) -> Select:
     """The search's SELECT. ``summarised`` (study level): each study's representative and
     values come from its summary, so no sub-query looks for its first instance."""
@@ -180,12 +191,12 @@ def search(db: Database, query: Query, tags: list[str] | None = None) -> Iterato
         yield from _search_all(db, query, tags)
         return
     wanted, key = set(tags), tuple(tags)
-    summarised = query.level == Level.STUDY and covers(wanted)
+    from_summaries = summarised(query, tags)
     with db.read() as conn:
-        rows = [tuple(row) for row in conn.execute(_statement(query, summarised))]
+        rows = [tuple(row) for row in conn.execute(_statement(query, from_summaries))]
         reps = {row[0]: row[1] for row in rows}
-        shas, summaries = _summaries(rows) if summarised else ({}, {})
-        if summarised and len(summaries) < len(rows):  # studies without a summary
+        shas, summaries = _summaries(rows) if from_summaries else ({}, {})
+        if from_summaries and len(summaries) < len(rows):  # studies without a summary
             reps.update(first_instances(conn, [row[0] for row in rows if row[1] not in summaries]))
         shas.update(_fetch(conn, Instance.sha256, [rep for rep in reps.values() if rep is not None and rep not in shas]))
         cached = {rep: SUBSETS.get((rep, sha, key)) for rep, sha in shas.items() if rep not in summaries}
