@@ -36,23 +36,26 @@ import tempfile
 import threading
 import time
 from contextlib import ExitStack
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pydicom import dcmread  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from bench.ingest_servers import postgres_schema  # noqa: E402
 from pacs.archive import Archive  # noqa: E402
-from pacs.index.models import Instance, OutboxMessage  # noqa: E402
+from pacs.index.models import OutboxMessage  # noqa: E402
 from pacs.settings import load_settings  # noqa: E402
 from tests.factory import dataset_part, make_ct, to_bytes  # noqa: E402
 from tests.servers import ProcessServer  # noqa: E402
 from tests.pynetdicom_guard import install as guard_pynetdicom_associations  # noqa: E402
-from tests.test_faults import (  # noqa: E402
-    FaultProxy, Load, PrivatePostgres, dimse_sender, stow, stow_sender, store_ae, until,
+from tests.fault_tools import (  # noqa: E402
+    FaultProxy, Load, PrivatePostgres, dimse_sender, http_poller, indexed, stored_bytes, stow, stow_sender, store_ae,
 )
+from tests.servers import wait_until as until  # noqa: E402
 
 RESULTS: list[tuple[str, bool, str]] = []
 
@@ -90,11 +93,13 @@ def check_kill9(database_url: str, rounds: int, label: str) -> None:
                    for i in range(4)]
         threads += [threading.Thread(target=stow_sender, args=(f"http://127.0.0.1:{server.http_port}", load, 10 * n + 8 + i),
                                      daemon=True) for i in range(2)]
-        for t in threads:
-            t.start()
         target = 100 + 50 * n
-        until(lambda: len(load.acked) >= target, timeout=120, what=f"{target} acks")
-        server.kill()
+        try:
+            for t in threads:
+                t.start()
+            until(lambda: len(load.acked) >= target, timeout=120, what=f"{target} acks")
+        finally:
+            server.kill()  # also when the wait failed: no server left behind
         load.stop.set()
         for assoc in list(load.associations):
             assoc.abort()
@@ -106,19 +111,15 @@ def check_kill9(database_url: str, rounds: int, label: str) -> None:
         total.acked |= load.acked
     server = ProcessServer(_env(data, database_url, PACS_ORPHAN_GRACE_SECONDS="0"), work).start()
     archive = Archive(settings, migrate=False)
-    with archive.db.read() as conn:
-        rows = {r.sop_instance_uid: r for r in conn.execute(select(Instance)).all()}
+    rows = indexed(archive)
     lost = total.acked - set(rows)
-    wrong = [s for s in total.acked if s in rows and dataset_part(_read(archive, rows[s].blob_key)) != dataset_part(total.sent[s])]
-    broken = [r for r in rows.values() if hashlib.sha256(_read(archive, r.blob_key)).hexdigest() != r.sha256]
+    wrong = [s for s in total.acked
+             if s in rows and dataset_part(stored_bytes(archive, rows[s].blob_key)) != dataset_part(total.sent[s])]
+    broken = [r for r in rows.values() if hashlib.sha256(stored_bytes(archive, r.blob_key)).hexdigest() != r.sha256]
     strays = _objects(data) - {r.blob_key for r in rows.values()}
     spool_after = len(list((data / "objects" / ".tmp").glob("*.dcm")))
     # re-send everything by the door it came
     assoc = store_ae().associate("127.0.0.1", server.dimse_port)
-    from io import BytesIO
-
-    from pydicom import dcmread
-
     dimse = [d for s, d in total.sent.items() if total.door[s] == "dimse"]
     resend_bad = sum(assoc.send_c_store(dcmread(BytesIO(d))).Status != 0 for d in dimse)
     assoc.release()
@@ -126,8 +127,7 @@ def check_kill9(database_url: str, rounds: int, label: str) -> None:
     for i in range(0, len(stowed), 50):
         if stow(f"http://127.0.0.1:{server.http_port}", stowed[i:i + 50])[0] != 200:
             resend_bad += 1
-    with archive.db.read() as conn:
-        after = set(conn.execute(select(Instance.sop_instance_uid)).scalars())
+    after = set(indexed(archive))
     archive.close()
     server.terminate()
     ok = not (lost or wrong or broken or strays or spool_after or problems or resend_bad) and after == set(total.sent)
@@ -137,11 +137,6 @@ def check_kill9(database_url: str, rounds: int, label: str) -> None:
            f"{spool_left} spool files left by the kills, {spool_after} after restart, {len(rows)} indexed, "
            f"re-send of all {len(total.sent)}: {resend_bad} failures, {len(after)} indexed after; "
            f"{time.monotonic() - started:.0f} s")
-
-
-def _read(archive: Archive, key: str) -> bytes:
-    with archive.store.open(key) as fp:
-        return fp.read()
 
 
 # -- S3 -------------------------------------------------------------------------------------
@@ -194,14 +189,20 @@ def check_pg(down_seconds: float) -> None:
         report("pg restart", False, "needs root, runuser and /usr/lib/postgresql/15/bin/initdb")
         return
     pg = PrivatePostgres().init()
-    pg.start()
+    try:
+        pg.start()
+        _check_pg_on(pg, down_seconds)
+    finally:
+        pg.remove()  # the private cluster goes whatever happened
+
+
+def _check_pg_on(pg: PrivatePostgres, down_seconds: float) -> None:
     work = Path(tempfile.mkdtemp(prefix="faults-pg-"))
     server = ProcessServer(_env(work / "data", pg.url), work).start()
     base = f"http://127.0.0.1:{server.http_port}"
     load = Load()
     qido: dict[Any, int] = {}
     health: dict[Any, int] = {}
-    from tests.test_faults import http_poller
 
     threads = [threading.Thread(target=dimse_sender, args=(server.dimse_port, load, i, True, 60), daemon=True)
                for i in range(4)]
@@ -213,14 +214,16 @@ def check_pg(down_seconds: float) -> None:
             t.start()
         until(lambda: len(load.acked) >= 100, timeout=60, what="100 stores")
         for label, pause in (("fast restart", 0.0), (f"{down_seconds:.0f} s down", down_seconds)):
-            before = len(load.acked)
             t0 = time.monotonic()
             pg.stop()
             if pause:
                 time.sleep(pause)  # the outage itself, measured, not a wait for a result
             pg.start()
-            until(lambda: len(load.acked) >= before + 50, timeout=120, what="stores to succeed again")
-            timeline.append(f"{label}: stores succeed again {time.monotonic() - t0:.1f} s after the stop")
+            up_at, resumed = time.monotonic(), len(load.acked)
+            until(lambda: len(load.acked) > resumed, timeout=120, what="a store to succeed again")
+            now = time.monotonic()
+            timeline.append(f"{label}: the first store acknowledged {now - up_at:.2f} s after PostgreSQL was "
+                            f"back ({now - t0:.1f} s after the stop)")
     finally:
         load.stop.set()
         for t in threads:
@@ -228,10 +231,8 @@ def check_pg(down_seconds: float) -> None:
         server.terminate()
     settings = load_settings(env={}, data_dir=work / "data", database_url=pg.url)
     archive = Archive(settings, migrate=False)
-    with archive.db.read() as conn:
-        stored = set(conn.execute(select(Instance.sop_instance_uid)).scalars())
+    stored = set(indexed(archive))
     archive.close()
-    pg.remove()
     lost = load.acked - stored
     clean = set(load.statuses) <= {"0x0000", "0xA700", "association refused"}
     http_clean = set(qido) <= {(200, False), (503, True)} and set(health) <= {(200, False), (503, True)}

@@ -365,10 +365,13 @@ def test_cached_answers_follow_the_computed_values(name: str, implicit: bool) ->
     stored = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": name}]},
               "0020000D": {"vr": "UI", "Value": ["1.2.3"]}, "00080020": {"vr": "DA", "Value": ["20240101"]}}
     tags = ["00080005", "00080020", "00080050", "00100010", "0020000D", "00201208", "00080061"]
+    answers = []
     for count, modalities in [(3, ["CT"]), (4, ["CT", "MR"]), (3, ["CT"])]:  # the 3rd repeats the 1st
         computed = {"00201208": {"vr": "IS", "Value": [count]}, "00080061": {"vr": "CS", "Value": modalities}}
         match = Match(1, {**stored, **computed}, stored_key=("test", name, implicit), computed=frozenset(computed))
         whole = {**stored, **computed, "00080005": {"vr": "CS"}, "00080050": {"vr": "SH"},
                  "00080052": {"vr": "CS", "Value": ["STUDY"]}, "00080054": {"vr": "AE", "Value": ["PACS"]}}
         expected = encode_identifier(whole, implicit_vr=implicit, charset="ISO_IR 192" if needs_utf8(whole) else None)
-        assert _response(match, tags, Level.STUDY, "PACS", implicit) == expected
+        answers.append(_response(match, tags, Level.STUDY, "PACS", implicit))
+        assert answers[-1] == expected
+    assert answers[2] is answers[0] and answers[1] is not answers[0]  # the repeat came from the cache

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from dicomweb.multipart import MAX_HEADER_BYTES, RelatedReader
+from dicomweb.multipart import MAX_HEADER_BYTES, BodyPart, RelatedReader
 
 BOUNDARY = "b0und4ry"
 
@@ -30,13 +30,18 @@ def body_of(parts: list[tuple[str, bytes]], preamble: bytes = b"", epilogue: byt
     return out + f"--{BOUNDARY}--".encode() + epilogue
 
 
+async def read_body(part: BodyPart, chunk: int = 1 << 20) -> bytes:
+    """The whole body of ``part`` (a chunk is what has arrived: maybe a few bytes)."""
+    data = bytearray()
+    while not part.at_eof():
+        data += await part.read_chunk(chunk)
+    return bytes(data)
+
+
 async def read_all(body: bytes, piece: int, chunk: int = 1 << 20) -> list[tuple[dict[str, str], bytes]]:
     reader, found = RelatedReader(Pieces(body, piece), BOUNDARY), []
     while (part := await reader.next()) is not None:
-        data = bytearray()
-        while not part.at_eof():
-            data += await part.read_chunk(chunk)
-        found.append((dict(part.headers), bytes(data)))
+        found.append((dict(part.headers), await read_body(part, chunk)))
     return found
 
 
@@ -63,10 +68,7 @@ def test_headers_are_case_insensitive_and_padding_after_a_boundary_is_allowed() 
     async def first() -> tuple[str, bytes]:
         part = await RelatedReader(Pieces(body, 3), BOUNDARY).next()
         assert part is not None
-        data = bytearray()
-        while not part.at_eof():  # a chunk is what has arrived: here 3 bytes at a time
-            data += await part.read_chunk()
-        return part.headers["content-type"], bytes(data)
+        return part.headers["content-type"], await read_body(part)
 
     assert asyncio.run(first()) == ("a/b", b"xy")
 
@@ -79,10 +81,7 @@ def test_an_unread_part_is_skipped() -> None:
         await reader.next()
         part = await reader.next()
         assert part is not None and part.headers["X"] == "1"
-        data = bytearray()
-        while not part.at_eof():
-            data += await part.read_chunk()
-        return bytes(data)
+        return await read_body(part)
 
     assert asyncio.run(second()) == b"second"
 
@@ -96,7 +95,7 @@ def test_an_unread_part_is_skipped() -> None:
     f"--{BOUNDARY}garbage\r\n\r\nx\r\n--{BOUNDARY}--".encode(),  # text after a boundary
     f"--{BOUNDARY}\r\nno colon here\r\n\r\nx\r\n--{BOUNDARY}--".encode(),  # malformed header line
     f"--{BOUNDARY}\r\nX: {'y' * MAX_HEADER_BYTES}\r\n\r\nx\r\n--{BOUNDARY}--".encode(),  # headers too long
-    f"--other\r\n\r\nx\r\n--other--".encode(),  # another boundary
+    b"--other\r\n\r\nx\r\n--other--",  # another boundary
 ])
 def test_malformed_framing_is_a_value_error(body: bytes) -> None:
     with pytest.raises(ValueError, match="multipart body"):
