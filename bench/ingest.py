@@ -50,8 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=2000, help="instances to send (default 2000)")
     parser.add_argument("--associations", default="1,4",
                         help="comma list of parallel association counts, one run each (default 1,4)")
-    parser.add_argument("--server", choices=("pacs", "baseline"), default="pacs",
-                        help="pacs serve, or bench/baseline_scp.py for comparison")
+    parser.add_argument("--server", choices=("pacs", "baseline", "orthanc"), default="pacs",
+                        help="pacs serve, or for comparison bench/baseline_scp.py or Orthanc "
+                             "(Debian package; --extra-env then sets its JSON options)")
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
                         help="index database of pacs serve (postgresql: fresh schema in db 'test')")
     parser.add_argument("--extra-env", action="append", default=[], metavar="KEY=VAL",

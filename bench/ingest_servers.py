@@ -1,4 +1,7 @@
-"""Servers under test for ``bench/ingest.py``: ``pacs serve`` or the bare pynetdicom baseline.
+"""Servers under test for ``bench/ingest.py`` and ``bench/stow.py``: ``pacs serve``, the bare
+pynetdicom baseline, or Orthanc (Debian's ``orthanc`` and ``orthanc-dicomweb`` packages), the
+peer the issues' targets were measured on; running it side by side on the same machine, in
+the same state, is the fair comparison on a machine whose disk and memory vary by run.
 
 Each run starts its own server subprocess on free loopback ports, waits for readiness by
 polling (``/healthz`` for pacs, the TCP port for the baseline; never a fixed sleep),
@@ -29,6 +32,8 @@ REPO_ROOT = BENCH_DIR.parent
 POLL_INTERVAL = 0.05  # seconds between readiness probes
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PG_BASE_URL = "postgresql://127.0.0.1:5432/test"
+ORTHANC = "/usr/sbin/Orthanc"
+ORTHANC_DICOMWEB = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 def free_port() -> int:
@@ -99,7 +104,7 @@ def tree_sum(pid: int, read) -> float:  # type: ignore[no-untyped-def]
 
 @dataclass
 class ServerProcess:
-    """A server subprocess under test (``kind`` is ``pacs`` or ``baseline``)."""
+    """A server subprocess under test (``kind``: ``pacs``, ``baseline`` or ``orthanc``)."""
 
     kind: str
     run_dir: Path
@@ -126,11 +131,30 @@ class ServerProcess:
             cmd = [sys.executable, str(BENCH_DIR / "baseline_scp.py"), "--port", str(self.dimse_port),
                    "--out", str(self.out_dir), "--ae-title", self.ae_title]
             return cmd, {**env, **self.env_extra}
+        if self.kind == "orthanc":
+            # dcmtk, Orthanc's DICOM layer, sets TCP_NODELAY on its sockets only when this
+            # variable says so; without it each C-STORE round trip stalls ~40 ms.
+            return [ORTHANC, str(self._orthanc_config())], {**env, "TCP_NODELAY": "1"}
         env.update({"PACS_RATE_LIMIT_PER_SECOND": "0", "PACS_DATA_DIR": str(self.out_dir), "PACS_HOST": "127.0.0.1",
                     "PACS_DIMSE_PORT": str(self.dimse_port), "PACS_HTTP_PORT": str(self.http_port),
                     "PACS_AE_TITLE": self.ae_title})
         env.update(self.env_extra)
         return [sys.executable, "-m", "pacs.cli", "serve"], env
+
+    def _orthanc_config(self) -> Path:
+        """Orthanc's configuration: its defaults (so SyncStorageArea, the fsync of every
+        stored file, stays on) plus ports, AE title, folders and the DICOMweb plugin."""
+        config = {
+            "Name": "bench", "DicomAet": self.ae_title, "DicomPort": self.dimse_port,
+            "HttpPort": self.http_port, "StorageDirectory": str(self.out_dir / "storage"),
+            "IndexDirectory": str(self.out_dir / "index"), "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
+            "Plugins": [ORTHANC_DICOMWEB] if Path(ORTHANC_DICOMWEB).exists() else [],
+        }
+        config.update({k: json.loads(v) for k, v in self.env_extra.items()})
+        path = self.run_dir / "orthanc.json"
+        path.write_text(json.dumps(config, indent=2))
+        return path
 
     def start(self, timeout: float = 120.0) -> "ServerProcess":
         """Start the server and return once it is ready; raise with the log tail otherwise."""
@@ -155,9 +179,10 @@ class ServerProcess:
         pacs starts its DIMSE listener before HTTP serves, so /healthz 200 implies DIMSE is
         up; its port is not probed, as a bare connect would leave a half-open association.
         """
-        if self.kind == "pacs":
+        if self.kind in ("pacs", "orthanc"):
+            path = "/healthz" if self.kind == "pacs" else "/system"
             try:
-                status, _ = http_get_json(f"http://127.0.0.1:{self.http_port}/healthz", timeout=2)
+                status, _ = http_get_json(f"http://127.0.0.1:{self.http_port}{path}", timeout=2)
             except OSError:
                 return False
             return status == 200
@@ -203,6 +228,8 @@ class ServerProcess:
         """How many instances the server stored during this run."""
         if self.kind == "baseline":
             return sum(1 for p in self.out_dir.iterdir() if p.suffix == ".dcm")
+        if self.kind == "orthanc":
+            return int(http_get_json(f"http://127.0.0.1:{self.http_port}/statistics")[1]["CountInstances"])
         return count_instance_stored(self.http_port)
 
 

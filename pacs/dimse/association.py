@@ -112,6 +112,10 @@ class Association:
         self._current: Message | None = None
         self._cancelled: set[int] = set()
         self._header = bytearray(6)
+        # PDU bodies are received into this buffer, reused while large enough: a fresh
+        # bytearray per PDU cost an allocation and a zero-fill of up to max PDU bytes.
+        # What is read from a body is copied or written out before the next PDU is read.
+        self._body = bytearray(64 << 10)
         self._outbox: list[bytes | memoryview] = []
         self._outbox_bytes = 0
         self.peer: tls.PeerCertificate | None = None
@@ -239,7 +243,9 @@ class Association:
         if length > (limit or self.config.max_pdu + 1024):
             raise ProtocolError(f"PDU of {length} bytes exceeds the negotiated maximum",
                                 pdu.REASON_INVALID_PARAMETER)
-        body = memoryview(bytearray(length))
+        if length > len(self._body):
+            self._body = bytearray(length)  # a new buffer: views of the old one may live on
+        body = memoryview(self._body)[:length]
         self._recv_into(body)
         if _QUICKACK is not None:  # a peer with Nagle on must not wait ~40 ms for our ACK
             try:

@@ -68,6 +68,18 @@ class MemorySpool:
         self.data = bytearray()
 
 
+def _write_all(fd: int, parts: list[memoryview | bytes]) -> None:
+    """Write ``parts`` in order with ``writev``, resuming after short writes."""
+    views = [memoryview(p).cast("B") for p in parts]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
 class FileSpool:
     """A C-STORE data set written after its File Meta Information to a file in ``folder``."""
 
@@ -78,14 +90,18 @@ class FileSpool:
     consumed = False
 
     def __init__(self, folder: str, meta: bytes) -> None:
-        fd, self.path = tempfile.mkstemp(suffix=".dcm", dir=folder)
-        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
-        self._file.write(meta)
+        self._fd, self.path = tempfile.mkstemp(suffix=".dcm", dir=folder)
+        # Written with the first chunk, in one system call. The file is unbuffered: the
+        # chunks are whole PDV values (kilobytes to megabytes), and a buffered writer's
+        # extra copy of each cost more than the system calls it saves.
+        self._meta: bytes | None = meta
         # Hashed as it arrives, so ingest need not read the object again for its key.
         self._digest = hashlib.sha256(meta)
 
     def write(self, chunk: memoryview | bytes) -> None:
-        self._file.write(chunk)
+        parts = [chunk] if self._meta is None else [self._meta, chunk]
+        self._meta = None
+        _write_all(self._fd, parts)
         self._digest.update(chunk)
 
     @property
@@ -94,9 +110,15 @@ class FileSpool:
         return self._digest.hexdigest()
 
     def close(self) -> None:
-        """Flush to the file (the object is then read back by ingest)."""
-        if not self._file.closed:
-            self._file.close()
+        """Close the file (the object is then read back by ingest)."""
+        if self._fd < 0:
+            return
+        try:
+            if self._meta is not None:  # a data set of no bytes: the file is its meta alone
+                _write_all(self._fd, [self._meta])
+        finally:
+            os.close(self._fd)
+            self._fd = -1
 
     def discard(self) -> None:
         self.close()
