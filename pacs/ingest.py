@@ -318,16 +318,15 @@ def _index(
         "source": source[:32], "calling_ae": calling_ae[:16],
         **parsed.instance,
     }
-    def work(conn, held: bool = False) -> str:  # type: ignore[no-untyped-def]
-        try:
-            with conn.begin_nested():
-                return _write_rows(conn, archive, parsed, row, held)
-        except StaleEntry:  # rolled back to the savepoint; redo with the look-ups
-            archive.series_cache.forget(parsed.series_uid)
-            return _write_rows(conn, archive, parsed, row, held=True)
+    def write(held: bool) -> str:
+        return archive.db.write_grouped(lambda conn: _write_rows(conn, archive, parsed, row, held))
 
     try:
-        return archive.db.write_grouped(work), None
+        try:
+            return write(False), None
+        except StaleEntry:  # the cached series is gone; its writes were undone: look it up
+            archive.series_cache.forget(parsed.series_uid)
+            return write(True), None
     except IntegrityError:  # the SOP Instance UID is held (stored before, or just now)
         current = _existing(archive, parsed.sop_instance_uid)
     policy = archive.settings.duplicate_policy
@@ -338,7 +337,7 @@ def _index(
     if current is None or policy != "overwrite":
         raise DuplicateConflict("SOP Instance UID already stored with other content")
     try:  # the held row, looked up and overwritten in the transaction (_write_rows)
-        return archive.db.write_grouped(lambda conn: work(conn, held=True)), current.blob_key
+        return write(True), current.blob_key
     except IntegrityError:
         raise DuplicateConflict("SOP Instance UID stored concurrently with other content") from None
 

@@ -401,3 +401,39 @@ def test_nul_in_indexed_text_is_left_out_of_the_index(archive: Archive) -> None:
     assert (study.study_description, study.modalities) == ("CT HEAD", "CT")
     with archive.db.read() as conn:
         assert conn.execute(select(Patient.patient_id)).scalars().all() == ["PID"]
+
+
+def test_series_deleted_behind_the_series_cache_is_created_again(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The series cache still names a series another writer deleted: the cached path
+    finds the study but not the series, its writes are undone, and the instance is
+    stored through the look-ups, in a series created again."""
+    import pacs.ingest
+    from pacs.delete import delete_objects
+    from pacs.index.writer import StaleEntry, bump_cached
+
+    stale = []
+
+    def watched(conn, entry, now):  # type: ignore[no-untyped-def]
+        try:
+            return bump_cached(conn, entry, now)
+        except StaleEntry:
+            stale.append(entry.series_pk)
+            raise
+
+    monkeypatch.setattr(pacs.ingest, "bump_cached", watched)
+    study = "1.2.826.0.1.3680043.10.543.1"
+    kept, gone = study + ".2", study + ".3"
+    archive.ingest_bytes(to_bytes(make_ct(study=study, series=kept, sop=kept + ".1")), source="test")
+    archive.ingest_bytes(to_bytes(make_ct(study=study, series=gone, sop=gone + ".1")), source="test")
+    delete_objects(archive, study, gone)  # the series cache is not told
+    result = archive.ingest_bytes(to_bytes(make_ct(study=study, series=gone, sop=gone + ".2", seed=2)), source="test")
+    assert result.status == "stored"
+    assert len(stale) == 1
+    with archive.db.read() as conn:
+        series = conn.execute(select(Series).where(Series.series_uid == gone)).one()
+        sops = conn.execute(select(Instance.sop_instance_uid).where(Instance.series_fk == series.id)).scalars().all()
+    assert sops == [gone + ".2"]
+    assert series.num_instances == 1
+    assert _study(archive, study).num_instances == 2

@@ -5,8 +5,9 @@ admits one writer at a time, so N associations storing at once pay N fsyncs in a
 Here the first writer to arrive becomes the *leader*: it takes every unit of work queued
 so far, runs each inside its own SAVEPOINT of one transaction, and commits once; writers
 that arrived meanwhile wait and form the next batch. A unit that fails rolls back to its
-savepoint only and gets its own exception; the others commit. A failed commit fails the
-whole batch. Nothing is acknowledged before the commit that holds it returns.
+savepoint only and gets its own exception; the others commit. A batch of one runs without
+a savepoint (its failure rolls back the transaction, which holds nothing else). A failed
+commit fails the whole batch. Nothing is acknowledged before the commit that holds it returns.
 
 This is what PostgreSQL does for itself (``commit_delay``, WAL group flush), so
 :meth:`pacs.index.db.Database.write_grouped` uses it for SQLite only. Hand-written
@@ -89,6 +90,9 @@ class GroupCommitter:
                     self._queue[0].finished.set()
 
     def _commit(self, batch: list[_Unit[Any]]) -> None:
+        if len(batch) == 1:  # alone in its transaction: no savepoint needed (two statements)
+            self._commit_alone(batch[0])
+            return
         try:
             with self._begin() as conn:
                 for unit in batch:
@@ -104,3 +108,10 @@ class GroupCommitter:
             for unit in batch:
                 if unit.error is None:
                     unit.error, unit.value = exc, None
+
+    def _commit_alone(self, unit: _Unit[Any]) -> None:
+        try:
+            with self._begin() as conn:
+                unit.value = unit.work(conn)
+        except BaseException as exc:  # its own failure or the commit's: nothing was written
+            unit.error, unit.value = exc, None
