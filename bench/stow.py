@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", default="20,1", help="comma list of instances per request (default 20,1)")
     parser.add_argument("--clients", default="1,4", help="comma list of concurrent clients (default 1,4)")
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--server", choices=("pacs", "orthanc"), default="pacs",
+                        help="pacs serve, or Orthanc with its DICOMweb plugin (Debian packages) for comparison")
     parser.add_argument("--keep", action="store_true", help="keep bench/work/run-* folders")
     parser.add_argument("--results", type=Path, default=RESULTS_FILE, help="JSONL file to append to")
     args = parser.parse_args(argv)
@@ -125,8 +127,8 @@ def run_once(args: argparse.Namespace, data: DataSet, clients: int, batch: int) 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = WORK_DIR / f"run-{stamp}-stow-{data.name}-c{clients}-b{batch}-{os.getpid()}"
     record: dict[str, Any] = {"ok": False, "error": None}
-    with database_env(args.database) as env:
-        server = ServerProcess("pacs", run_dir, env)
+    with database_env(args.database if args.server == "pacs" else "sqlite") as env:
+        server = ServerProcess(args.server, run_dir, env)
         try:
             server.start()
             record = measure(server, data, clients, batch)
@@ -151,12 +153,12 @@ def database_env(database: str) -> Iterator[dict[str, str]]:
 
 def table(records: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
-    lines = ["| dataset | clients | inst/request | seconds | inst/s | MB/s | srv cpu ms/inst | peak RSS MB | target |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| server | dataset | clients | inst/request | seconds | inst/s | MB/s | srv cpu ms/inst | peak RSS MB | target |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in records:
         verdict = "-" if r.get("target") is None else (
             f"≥{r['target']:.0f}: {'met' if r.get('meets_target') else 'MISSED'}")
-        lines.append(f"| {r['dataset']} | {r['clients']} | {r['batch']} | {r.get('seconds', '-')} | "
+        lines.append(f"| {r.get('server', 'pacs')} | {r['dataset']} | {r['clients']} | {r['batch']} | {r.get('seconds', '-')} | "
                      f"{r.get('rate', '-')} | {r.get('mb_per_s', '-')} | {r.get('cpu_ms_per_instance', '-')} | "
                      f"{r.get('peak_rss_mb', '-')} | {verdict if r['ok'] else 'ERROR'} |")
     return "\n".join(lines)
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for batch in args.batch:
         for clients in args.clients:
-            record = {"dataset": data.name, "count": data.count, "seed": args.seed, "clients": clients,
+            record = {"server": args.server, "dataset": data.name, "count": data.count, "seed": args.seed, "clients": clients,
                       "batch": batch, "database": args.database, "dataset_bytes": data.total_bytes,
                       "commit": git_commit(), "machine": machine_info(),
                       "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
