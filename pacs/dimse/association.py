@@ -115,6 +115,7 @@ class Association:
         # PDU bodies are received into this buffer, reused while large enough: a fresh
         # bytearray per PDU cost an allocation and a zero-fill of up to max PDU bytes.
         # What is read from a body is copied or written out before the next PDU is read.
+        # It keeps the size of the largest PDU received (at most PACS_MAX_PDU_SIZE).
         self._body = bytearray(64 << 10)
         self._outbox: list[bytes | memoryview] = []
         self._outbox_bytes = 0
