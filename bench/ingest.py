@@ -15,14 +15,12 @@ baseline: files written), every storescu must have exited 0, and the server's pe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import os
 import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ from ingest_report import (  # noqa: E402
     git_commit,
     machine_info,
 )
-from ingest_servers import ServerProcess, find_dcmtk_storescu, finish_run, postgres_schema  # noqa: E402
+from ingest_servers import ServerProcess, find_dcmtk_storescu, finish_run, index_env  # noqa: E402
 
 CALLING_AE = "BENCH"
 CLIENT_TIMEOUT = 1800.0  # seconds; a bound, not an expectation
@@ -85,15 +83,6 @@ def _parse_env(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, s
         env[key] = value
     return env
 
-
-@contextlib.contextmanager
-def database_env(server: str, database: str) -> Iterator[dict[str, str]]:
-    """Server environment for the index database: nothing (SQLite default) or a fresh schema."""
-    if server != "pacs" or database == "sqlite":
-        yield {}
-        return
-    with postgres_schema() as url:
-        yield {"PACS_DATABASE_URL": url}
 
 
 def warm_up(files: list[Path]) -> None:
@@ -173,7 +162,7 @@ def run_once(args: argparse.Namespace, data: DataSet, associations: int, storesc
     folders = link_groups(data.files, associations, run_dir / "groups")
     warm_up(data.files)
     record: dict[str, Any] = {"ok": False, "error": None}
-    with database_env(args.server, args.database) as db_env:
+    with index_env(args.server, args.database) as db_env:
         server = ServerProcess(args.server, run_dir, {**db_env, **args.extra_env})
         try:
             server.start()

@@ -264,6 +264,17 @@ def postgres_schema(base_url: str = PG_BASE_URL) -> Iterator[str]:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+@contextlib.contextmanager
+def index_env(server: str, database: str, base_url: str = PG_BASE_URL) -> Iterator[dict[str, str]]:
+    """The pacs server's environment for its index: nothing (SQLite, its default) or a
+    fresh PostgreSQL schema dropped afterwards. Other servers get nothing."""
+    if server != "pacs" or database == "sqlite":
+        yield {}
+        return
+    with postgres_schema(base_url) as url:
+        yield {"PACS_DATABASE_URL": url}
+
+
 def find_dcmtk_storescu() -> str:
     """The path of dcmtk's ``storescu``.
 
@@ -307,9 +318,13 @@ def finish_run(server: "ServerProcess", run_dir: Path, error: str | None, keep: 
     if keep or error is not None:
         print(f"kept {run_dir}", file=sys.stderr)
         return
+    _remove_at_exit(run_dir)
+
+
+def _remove_at_exit(path: Path) -> None:
     if not _FINISHED:
         atexit.register(remove_finished_runs)
-    _FINISHED.append(run_dir)
+    _FINISHED.append(path)
 
 
 def remove_finished_runs() -> None:
@@ -328,9 +343,7 @@ def _creation_cost() -> float:
     with the run folders when the benchmark exits)."""
     probe = BENCH_DIR / "work" / f"probe-{time.time_ns()}"
     probe.mkdir(parents=True)
-    if not _FINISHED:
-        atexit.register(remove_finished_runs)
-    _FINISHED.append(probe)
+    _remove_at_exit(probe)
     started = time.perf_counter()
     for i in range(PROBE_FILES):
         os.close(os.open(probe / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))

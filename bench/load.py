@@ -26,14 +26,12 @@ appends one JSON line to ``bench/results/load.jsonl``. Exit status 1 on any erro
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import multiprocessing as mp
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +40,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from ingest_data import WORK_DIR  # noqa: E402
 from ingest_report import BENCH_DIR, append_jsonl, git_commit, machine_info  # noqa: E402
 from ingest_servers import (  # noqa: E402
-    ServerProcess, count_instance_stored, finish_run, postgres_schema, proc_status_kb, tree_sum,
+    ServerProcess, count_instance_stored, finish_run, index_env, proc_status_kb, tree_sum,
 )
 from load_http import reader_process  # noqa: E402
 from load_store import make_template, run_storers, storer_process  # noqa: E402
@@ -80,15 +78,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.extra_env = dict(item.split("=", 1) for item in args.extra_env)
     return args
 
-
-@contextlib.contextmanager
-def database_env(args: argparse.Namespace) -> Iterator[dict[str, str]]:
-    """Server environment for the index: nothing (SQLite) or a fresh PostgreSQL schema."""
-    if args.database == "sqlite":
-        yield {}
-        return
-    with postgres_schema(args.database_url) as url:
-        yield {"PACS_DATABASE_URL": url}
 
 
 class RssSampler(threading.Thread):
@@ -261,7 +250,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = WORK_DIR / "load" / f"run-{stamp}-{args.database}-{os.getpid()}"
     run = int(time.time()) % (9 * 10**8) + 10**8  # 9 digits, distinct per run
     record: dict[str, Any] = {"ok": False, "error": None}
-    with database_env(args) as db_env:
+    with index_env("pacs", args.database, args.database_url) as db_env:
         server = ServerProcess("pacs", run_dir, {**db_env, **args.extra_env})
         try:
             server.start()

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from ingest_data import WORK_DIR, DataSet, ensure_dataset, split_evenly  # noqa: E402
 from ingest_report import BENCH_DIR, append_jsonl, git_commit, machine_info  # noqa: E402
-from ingest_servers import ServerProcess, finish_run, postgres_schema  # noqa: E402
+from ingest_servers import ServerProcess, finish_run, index_env  # noqa: E402
 
 RESULTS_FILE = BENCH_DIR / "results" / "stow.jsonl"
 #: Targets (instances/s) of the STOW-RS issue, by client count.
@@ -127,7 +125,7 @@ def run_once(args: argparse.Namespace, data: DataSet, clients: int, batch: int) 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = WORK_DIR / f"run-{stamp}-stow-{data.name}-c{clients}-b{batch}-{os.getpid()}"
     record: dict[str, Any] = {"ok": False, "error": None}
-    with database_env(args.database if args.server == "pacs" else "sqlite") as env:
+    with index_env(args.server, args.database) as env:
         server = ServerProcess(args.server, run_dir, env)
         try:
             server.start()
@@ -139,16 +137,6 @@ def run_once(args: argparse.Namespace, data: DataSet, clients: int, batch: int) 
     finish_run(server, run_dir, None if record["ok"] else record["error"], args.keep)
     return record
 
-
-@contextlib.contextmanager
-def database_env(database: str) -> Iterator[dict[str, str]]:
-    """Environment for the server's index: SQLite in its data folder, or a fresh
-    PostgreSQL schema dropped afterwards."""
-    if database != "postgresql":
-        yield {}
-        return
-    with postgres_schema() as url:
-        yield {"PACS_DATABASE_URL": url}
 
 
 def table(records: list[dict[str, Any]]) -> str:
