@@ -38,7 +38,6 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: Where a study-scoped principal may go at all (its door checks the study itself).
 STUDY_TOKEN_PATHS = (("/dicom-web/", None), ("/api/ai/results", "POST"))
 ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
@@ -57,24 +56,6 @@ TOKEN_VERIFIERS = web.AppKey("token_verifiers", dict)
 
 class InvalidCredentials(Exception):
     """A bearer token that is malformed, unknown, expired, revoked or badly signed."""
-
-
-class InsecureBind(ValueError):
-    """Listening beyond loopback without authentication and without the explicit opt-out."""
-
-
-def check_bind(settings: Settings) -> None:
-    """Refuse a non-loopback address without authentication unless explicitly allowed;
-    warn loudly whenever authentication is off."""
-    if settings.auth_required:
-        return
-    if settings.host not in LOOPBACK and not settings.allow_unauthenticated:
-        raise InsecureBind(
-            f"refusing to listen on {settings.host} without authentication: set PACS_AUTH_REQUIRED=true "
-            "(with PACS_OIDC_* settings or `pacs token create`), or set PACS_ALLOW_UNAUTHENTICATED=true "
-            "to serve this network without authentication")
-    log.warning("AUTHENTICATION IS OFF: every HTTP client on %s can read, write and delete all studies "
-                "(set PACS_AUTH_REQUIRED=true to require tokens)", settings.host)
 
 
 def _challenge(status: type[web.HTTPException], error: str | None, reason: str) -> web.HTTPException:

@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .access import SYSTEM
 from .errors import PacsError
 from .settings import Settings, load_settings
 
@@ -29,14 +28,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {"host": args.host, "dimse_port": args.dimse_port, "http_port": args.http_port,
                  "workers": args.workers}
     settings = load_settings(args.config, **overrides)
-    from .auth import InsecureBind, check_bind
+    from .bind import InsecureBind, check_bind
 
     try:
         check_bind(settings)
     except InsecureBind as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if settings.workers > 1:
+    if settings.process_count > 1:
         from .supervisor import supervise
 
         return supervise(settings)
@@ -79,6 +78,8 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     archive = _archive(args)
     try:
+        from .access import SYSTEM
+
         result = archive.delete(args.study, args.series, args.instance, caller=SYSTEM)  # the host's admin
     finally:
         archive.close()
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--dimse-port", type=int)
     serve.add_argument("--http-port", type=int)
-    serve.add_argument("--workers", type=int, help="server processes sharing the ports (default 1)")
+    serve.add_argument("--workers", type=int, help="server processes (default 0: one per core)")
     serve.set_defaults(func=cmd_serve)
 
     imp = sub.add_parser("import", help="import files, folders and zip archives")

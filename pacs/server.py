@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import gc
 import logging
+import socket
 from importlib.metadata import entry_points
 from typing import AsyncIterator
 
 from aiohttp import web
 
 from .archive import Archive
+from .balancer import Feed
 from .dimse.find import RESPONSES
 from .dimse.server import DimseServer
 from .consumers import Consumer, consume_all
@@ -84,13 +86,14 @@ def add_http_doors(app: web.Application, archive: Archive) -> None:
 
 def build_application(
     archive: Archive, *, dimse_port: int | None = None, reuse_port: bool = False,
-    dimse_tls_port: int | None = None,
+    dimse_tls_port: int | None = None, feed: Feed | None = None,
 ) -> web.Application:
     """The full application: archive routes, DICOMweb routes when present, DIMSE, sweeps.
 
     ``dimse_tls_port``: the DICOM TLS port to bind (0: a free one); None: from the settings.
+    ``feed``: DIMSE connections come from the supervisor (a worker of ``--workers N``).
     """
-    from .auth import check_bind  # refuses a non-loopback address without authentication
+    from .bind import check_bind  # refuses a non-loopback address without authentication
 
     check_bind(archive.settings)
     app = create_app(archive)
@@ -104,7 +107,7 @@ def build_application(
             await asyncio.to_thread(archive.sweep_orphans)
         except PacsError as exc:  # come up anyway: /healthz and 0xA700 tell the story
             log.warning("orphan sweep at start failed: %s", exc.reason)
-        dimse = DimseServer(archive, reuse_port=reuse_port)
+        dimse = DimseServer(archive, reuse_port=reuse_port, feed=feed)
         await asyncio.to_thread(dimse.start, None, dimse_port, dimse_tls_port)
         app[DIMSE] = dimse
         app[OUTBOX] = sender = OutboxSender(archive, signers=app[OUTBOX_SIGNERS],
@@ -133,10 +136,11 @@ def size_query_caches(entries: int) -> None:
     RESPONSES.resize(entries)
 
 
-def _serve_one(settings: Settings, *, reuse_port: bool = False, migrate: bool = True) -> None:
+def _serve_one(settings: Settings, *, reuse_port: bool = False, migrate: bool = True,
+               feed: Feed | None = None) -> None:
     """One server process until SIGTERM/SIGINT."""
     archive = Archive(settings, migrate=migrate)
-    app = build_application(archive, reuse_port=reuse_port)
+    app = build_application(archive, reuse_port=reuse_port, feed=feed)
     size_query_caches(settings.query_cache_entries)
     # Everything loaded so far (modules, pydicom's dictionaries, SQLAlchemy's metadata)
     # lives as long as the process: keep it out of the cyclic garbage collector, whose
@@ -158,15 +162,17 @@ def _serve_one(settings: Settings, *, reuse_port: bool = False, migrate: bool = 
     )
 
 
-def worker_main(settings: Settings) -> None:
-    """Entry point of one worker process of ``pacs serve --workers N``."""
+def worker_main(settings: Settings, channel: socket.socket) -> None:
+    """Entry point of one worker process of ``pacs serve --workers N``: DIMSE connections
+    come over ``channel`` from the supervisor (:mod:`pacs.balancer`); HTTP shares its port
+    with the other workers (SO_REUSEPORT)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    _serve_one(settings, reuse_port=True, migrate=False)
+    _serve_one(settings, reuse_port=True, migrate=False, feed=Feed(channel))
 
 
 def serve(settings: Settings) -> None:
     """Run the server until SIGTERM/SIGINT: in this process, or as supervised workers."""
-    if settings.workers == 1:
+    if settings.process_count == 1:
         _serve_one(settings)
         return
     from .supervisor import supervise

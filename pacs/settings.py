@@ -14,6 +14,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+#: Server processes at most when ``workers`` is 0 (one per core).
+MAX_AUTO_WORKERS = 8
+
 DUPLICATE_POLICIES = ("reject", "overwrite", "keep")
 
 
@@ -64,8 +67,10 @@ class Settings:
         default=4 * 1024 * 1024,
     )
     workers: int = _doc(
-        "Server processes sharing the DIMSE and HTTP ports (SO_REUSEPORT); one per core is a good start.",
-        default=1,
+        "Server processes of `pacs serve`. 0: one per core this process may run on (at most 8). "
+        "With more than one, a supervisor hands each DIMSE association to the least busy "
+        "worker; the workers share the HTTP port (SO_REUSEPORT).",
+        default=0,
     )
     max_associations: int = _doc("Concurrent DIMSE associations accepted.", default=32)
     dimse_timeout: float = _doc("Seconds to wait for a DIMSE message.", default=60.0)
@@ -297,8 +302,8 @@ class Settings:
         from .tls import parse_client_aes  # raises ValueError on a malformed binding
 
         parse_client_aes(self.tls_client_aes)
-        if self.workers < 1:
-            raise ValueError("workers must be at least 1")
+        if self.workers < 0:
+            raise ValueError("workers must be 0 (one per core) or more")
         if self.s3_connect_timeout <= 0 or self.s3_read_timeout <= 0:
             raise ValueError("s3_connect_timeout and s3_read_timeout must be positive")
         if self.s3_max_attempts < 1:
@@ -311,6 +316,13 @@ class Settings:
             raise ValueError("ae_title must be 1 to 16 characters")
         if self.audit_syslog and not self.audit_syslog.rpartition(":")[2].isdigit():
             raise ValueError("audit_syslog must be host:port")
+
+    @property
+    def process_count(self) -> int:
+        """Server processes to run: ``workers``, or for 0 one per usable core, at most 8."""
+        if self.workers:
+            return self.workers
+        return max(1, min(MAX_AUTO_WORKERS, len(os.sched_getaffinity(0))))
 
     @property
     def resolved_database_url(self) -> str:

@@ -2,9 +2,10 @@
 
 The supervisor imports none of the DICOM, database or HTTP stacks (each worker costs
 about 120 MB; the supervisor should not add another). It migrates the index once in a
-child process, then starts the workers, which share the DIMSE and HTTP ports through
-SO_REUSEPORT (the kernel spreads connections over them); it forwards SIGTERM/SIGINT and
-restarts a worker that dies unexpectedly.
+child process, binds the DIMSE ports and starts the workers. DIMSE connections are
+accepted here and handed to the worker serving the fewest associations
+(:mod:`pacs.balancer`); the workers share the HTTP port through SO_REUSEPORT. It forwards
+SIGTERM/SIGINT and restarts a worker that dies unexpectedly.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import multiprocessing.connection
 import os
 import shutil
 import signal
+import socket
 import threading
+from dataclasses import replace
 from multiprocessing.process import BaseProcess
 
+from .balancer import PLAIN, TLS, Balancer, bind_listener
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,10 +33,10 @@ def _migrate(settings: Settings) -> None:
     Archive(settings).close()
 
 
-def _worker(settings: Settings) -> None:
+def _worker(settings: Settings, channel: socket.socket) -> None:
     from .server import worker_main
 
-    worker_main(settings)
+    worker_main(settings, channel)
 
 
 class Supervisor:
@@ -43,14 +47,37 @@ class Supervisor:
         self.context = multiprocessing.get_context("spawn")
         self.workers: list[BaseProcess] = []
         self.stopping = threading.Event()
+        self.balancer: Balancer | None = None
 
-    def _start(self, target, *, daemon: bool = False) -> BaseProcess:  # type: ignore[no-untyped-def]
-        proc = self.context.Process(target=target, args=(self.settings,), daemon=daemon)
+    def _start(self, target, *args, daemon: bool = False) -> BaseProcess:  # type: ignore[no-untyped-def]
+        proc = self.context.Process(target=target, args=(self.settings, *args), daemon=daemon)
         proc.start()
         return proc
 
+    def _bind_dimse(self) -> Balancer:
+        """Listen on the DIMSE ports (plain, and TLS when configured); the settings the
+        workers get name the ports bound (0 in the settings picks free ones)."""
+        settings = self.settings
+        listeners = {PLAIN: bind_listener(settings.host, settings.dimse_port)}
+        tls_port = settings.dimse_tls_port
+        if tls_port:
+            listeners[TLS] = bind_listener(settings.host, tls_port)
+            tls_port = listeners[TLS].getsockname()[1]
+        self.settings = replace(settings, dimse_port=listeners[PLAIN].getsockname()[1], dimse_tls_port=tls_port)
+        return Balancer(listeners, expected=settings.process_count)
+
+    def _start_worker(self, slot: int) -> BaseProcess:
+        assert self.balancer is not None
+        channel = self.balancer.attach(slot)
+        try:
+            return self._start(_worker, channel)
+        finally:
+            channel.close()  # the worker holds its own copy now
+
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stopping.set()
+        if self.balancer is not None:  # no new DIMSE connections; open ones finish
+            self.balancer.stop()
         for proc in self.workers:
             if proc.is_alive() and proc.pid:
                 os.kill(proc.pid, signal.SIGTERM)
@@ -63,14 +90,17 @@ class Supervisor:
             return 1
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        self.workers = [self._start(_worker) for _ in range(self.settings.workers)]
+        self.balancer = self._bind_dimse()
+        self.workers = [self._start_worker(slot) for slot in range(self.settings.process_count)]
+        self.balancer.start()
         log.info("started %d worker processes", len(self.workers))
         while not self.stopping.is_set():
             multiprocessing.connection.wait([p.sentinel for p in self.workers], timeout=1.0)
             for i, proc in enumerate(self.workers):
                 if not proc.is_alive() and not self.stopping.is_set():
                     log.warning("worker %s exited with %s; restarting", proc.pid, proc.exitcode)
-                    self.workers[i] = self._start(_worker)
+                    self.workers[i] = self._start_worker(i)
+        self.balancer.stop()
         for proc in self.workers:
             proc.join(self.settings.shutdown_timeout + 10)
         return 0

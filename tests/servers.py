@@ -134,7 +134,9 @@ class ProcessServer:
         self.dimse_port = free_port()
         repo = str(Path(__file__).resolve().parent.parent)
         pythonpath = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
-        self.env = {**os.environ, **env, "PYTHONPATH": pythonpath, "PACS_HTTP_PORT": str(self.http_port),
+        # One process unless the test asks for workers: the suite's timings stay those of
+        # a single process whatever the machine's cores.
+        self.env = {**os.environ, "PACS_WORKERS": "1", **env, "PYTHONPATH": pythonpath, "PACS_HTTP_PORT": str(self.http_port),
                     "PACS_DIMSE_PORT": str(self.dimse_port), "PACS_HOST": "127.0.0.1"}
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None

@@ -26,7 +26,7 @@ from dicomweb_client.api import DICOMwebClient
 from ai_hooks import tokens as ai_tokens
 from pacs import api_tokens
 from pacs.archive import Archive
-from pacs.auth import InsecureBind
+from pacs.bind import InsecureBind
 from pacs.cli import main
 from pacs.scopes import PUBLIC, SCOPES, required_scope
 from pacs.server import build_application

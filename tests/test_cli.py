@@ -109,10 +109,20 @@ def test_settings_defaults_and_urls(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("env", [{"PACS_DUPLICATE_POLICY": "maybe"}, {"PACS_AE_TITLE": "X" * 17},
                                  {"PACS_DIMSE_PORT": "abc"}, {"PACS_DEIDENTIFY_SECRET": "too short"},
-                                 {"PACS_RATE_LIMIT_PER_SECOND": "-1"}, {"PACS_MAX_DECODED_BYTES": "-1"}])
+                                 {"PACS_RATE_LIMIT_PER_SECOND": "-1"}, {"PACS_MAX_DECODED_BYTES": "-1"},
+                                 {"PACS_WORKERS": "-1"}])
 def test_settings_rejects_bad_values(env: dict) -> None:
     with pytest.raises(ValueError):
         load_settings(env=env)
+
+
+def test_workers_default_to_one_per_usable_core() -> None:
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert load_settings(env={}).process_count == max(1, min(8, cores))
+    assert load_settings(env={"PACS_WORKERS": "3"}).process_count == 3
+    assert load_settings(env={"PACS_WORKERS": "1"}).process_count == 1
 
 
 def test_unknown_setting_in_file_rejected(tmp_path: Path) -> None:

@@ -160,3 +160,33 @@ def test_two_workers_share_the_ports(tmp_path: Path, database_url: str) -> None:
     log = server.log_path.read_text()
     assert log.count("DIMSE PACS listening") == 2
     archive.close()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_workers_shut_down_when_the_supervisor_is_killed(tmp_path: Path, database_url: str) -> None:
+    server = ProcessServer(_env(tmp_path, database_url, PACS_WORKERS="2"), tmp_path).start()
+    assert server.proc is not None
+    deadline = time.monotonic() + 60
+    while server.log_path.read_text().count("DIMSE PACS listening") < 2 and time.monotonic() < deadline:
+        threading.Event().wait(0.05)
+    workers = _children(server.proc.pid)
+    assert len(workers) >= 2
+    server.proc.kill()
+    server.proc.wait(10)
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        threading.Event().wait(0.05)
+    assert not any(_alive(pid) for pid in workers)
+    assert "the supervisor is gone; this worker shuts down" in server.log_path.read_text()

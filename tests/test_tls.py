@@ -283,9 +283,12 @@ async def test_https(settings: Settings, pki: Pki) -> None:
         server.stop()
 
 
-def test_pacs_serve_with_tls(tmp_path: Path, pki: Pki, database_url: str) -> None:
-    """``pacs serve`` as deployed: HTTPS and the DICOM TLS port from the environment."""
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_pacs_serve_with_tls(tmp_path: Path, pki: Pki, database_url: str, workers: str) -> None:
+    """``pacs serve`` as deployed: HTTPS and the DICOM TLS port from the environment; with
+    two workers the supervisor owns both DIMSE ports and hands connections over."""
     server = ProcessServer({"PACS_DATA_DIR": str(tmp_path / "data"), "PACS_DATABASE_URL": database_url,
+                            "PACS_WORKERS": workers,
                             "PACS_HTTPS": "true", "PACS_DIMSE_TLS_PORT": str(free_port()),
                             "PACS_TLS_CERT_FILE": str(pki.server_cert), "PACS_TLS_KEY_FILE": str(pki.server_key),
                             "PACS_TLS_CA_FILE": str(pki.ca), "PACS_TLS_REQUIRE_CLIENT_CERT": "true"}, tmp_path)

@@ -17,6 +17,8 @@ N-CREATE/N-SET that way; the dispatcher picks their handlers by SOP class.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import ssl
 import threading
@@ -46,6 +48,7 @@ from pynetdicom.sop_class import (
 )
 
 from .. import metrics, tls
+from ..balancer import Feed, bind_listener
 from . import command as cmd
 from . import audit, commitment, handlers, pdu
 from .association import Association, AssociationClosed, ProtocolError, supported_contexts
@@ -137,11 +140,14 @@ class AcceptorConfig:
 class DimseServer:
     """Listens for associations and serves each in a thread of its own."""
 
-    def __init__(self, archive: Archive, *, reuse_port: bool = False) -> None:
+    def __init__(self, archive: Archive, *, reuse_port: bool = False, feed: Feed | None = None) -> None:
+        """``feed``: connections handed over by the supervisor of ``pacs serve --workers N``
+        (:mod:`pacs.balancer`), which owns the listening sockets; none are bound here then."""
         configure_logging()
         settings = archive.settings
         self.archive = archive
         self.reuse_port = reuse_port
+        self.feed = feed
         self.config = AcceptorConfig(
             ae_title=settings.ae_title, max_pdu=settings.max_pdu_size,
             max_associations=settings.max_associations, acse_timeout=30.0,
@@ -157,6 +163,8 @@ class DimseServer:
         #: The DICOM TLS port (PS3.15 B.1): its own listener and acceptor thread.
         self._tls_listener: socket.socket | None = None
         self._tls_thread: threading.Thread | None = None
+        self._tls_context: ssl.SSLContext | None = None
+        self._feed_thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._associations: set[Association] = set()
         self._stopping = threading.Event()
@@ -183,28 +191,40 @@ class DimseServer:
         ``dimse_tls_port`` from the settings, where 0 means no TLS port.
         """
         settings = self.archive.settings
-        address = (host or settings.host, settings.dimse_port if port is None else port)
         self._stopping.clear()
-        self._listener, self._thread = self._listen(address, None)
         if tls_port is None and settings.dimse_tls_port:
             tls_port = settings.dimse_tls_port
         if tls_port is not None:
-            self._tls_listener, self._tls_thread = self._listen((address[0], tls_port), tls.dimse_context(settings))
-            log.info("DICOM TLS listening on %s:%d", address[0], self.tls_port)
+            self._tls_context = tls.dimse_context(settings)
         self.commitment.start()
+        if self.feed is not None:
+            return self._start_fed(host or settings.host, tls_port)
+        address = (host or settings.host, settings.dimse_port if port is None else port)
+        self._listener, self._thread = self._listen(address, None)
+        if tls_port is not None:
+            self._tls_listener, self._tls_thread = self._listen((address[0], tls_port), self._tls_context)
+            log.info("DICOM TLS listening on %s:%d", address[0], self.tls_port)
         bound = self._listener.getsockname()
         log.info("DIMSE %s listening on %s:%d", settings.ae_title, bound[0], bound[1])
         return bound[0], bound[1]
 
+    def _start_fed(self, host: str, tls_port: int | None) -> tuple[str, int]:
+        """Serve what the supervisor hands over; it bound the ports of the settings."""
+        assert self.feed is not None
+        settings = self.archive.settings
+        self._feed_thread = threading.Thread(target=self._feed_loop, args=(self.feed,),
+                                             name="dimse-feed", daemon=True)
+        self._feed_thread.start()
+        self.feed.ready()
+        if tls_port is not None:
+            log.info("DICOM TLS listening on %s:%d", host, tls_port)
+        log.info("DIMSE %s listening on %s:%d", settings.ae_title, host, settings.dimse_port)
+        return host, settings.dimse_port
+
     def _listen(self, address: tuple[str, int],
                 context: ssl.SSLContext | None) -> tuple[socket.socket, threading.Thread]:
         """A bound listening socket and its running acceptor thread."""
-        listener = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.reuse_port:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        listener.bind(address)
-        listener.listen(128)
+        listener = bind_listener(address[0], address[1], reuse_port=self.reuse_port)
         listener.settimeout(0.2)
         thread = threading.Thread(target=self._accept_loop, args=(listener, context),
                                   name="dimse-tls-acceptor" if context else "dimse-acceptor", daemon=True)
@@ -213,12 +233,16 @@ class DimseServer:
 
     @property
     def port(self) -> int:
+        if self.feed is not None:
+            return self.archive.settings.dimse_port
         assert self._listener is not None
         return int(self._listener.getsockname()[1])
 
     @property
     def tls_port(self) -> int | None:
         """The bound DICOM TLS port (None when there is none)."""
+        if self.feed is not None:
+            return self.archive.settings.dimse_tls_port if self._tls_context is not None else None
         return int(self._tls_listener.getsockname()[1]) if self._tls_listener is not None else None
 
     def active_associations(self) -> int:
@@ -229,16 +253,17 @@ class DimseServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, let established associations finish for ``timeout`` s, then abort."""
-        if self._listener is None:
+        if self._listener is None and self._feed_thread is None:
             return
         self._stopping.set()
-        for thread in (self._thread, self._tls_thread):
+        for thread in (self._thread, self._tls_thread, self._feed_thread):
             if thread is not None:
                 thread.join()
         for listener in (self._listener, self._tls_listener):
             if listener is not None:
                 listener.close()
         self._listener = self._tls_listener = None
+        self._feed_thread = None
         self.commitment.stop()
         deadline = time.monotonic() + timeout
         while self.active_associations() and time.monotonic() < deadline:
@@ -252,8 +277,7 @@ class DimseServer:
 
     # -- associations ------------------------------------------------------------------------
     def _accept_loop(self, listener: socket.socket, context: ssl.SSLContext | None) -> None:
-        """Accept connections; on the TLS port wrap each socket (no I/O here: the
-        handshake runs in the association's thread, so a slow client blocks only itself)."""
+        """Accept connections until stopped."""
         while not self._stopping.is_set():
             try:
                 sock, address = listener.accept()
@@ -264,13 +288,42 @@ class DimseServer:
                     return
                 log.warning("accept failed", exc_info=True)
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if context is not None:
-                sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-            assoc = Association(sock, address[:2], self.config)
-            with self._lock:
-                self._associations.add(assoc)
-            threading.Thread(target=self._serve, args=(assoc,), name="dimse-association", daemon=True).start()
+            self._admit(sock, address[:2], context)
+
+    def _feed_loop(self, feed: Feed) -> None:
+        """Take the connections the supervisor hands over until stopped or it is gone."""
+        while not self._stopping.is_set():
+            try:
+                handed = feed.receive()
+            except (EOFError, OSError):
+                if not self._stopping.is_set():
+                    # The supervisor is gone (killed): nobody hands us connections or
+                    # restarts us. Shut down as on SIGTERM: open associations finish.
+                    log.warning("the supervisor is gone; this worker shuts down")
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return
+            if handed is None:
+                continue
+            sock, on_tls_port = handed
+            try:
+                address = sock.getpeername()[:2]
+            except OSError:  # the peer gave up while the connection was handed over
+                sock.close()
+                feed.ended()
+                continue
+            self._admit(sock, address, self._tls_context if on_tls_port else None)
+
+    def _admit(self, sock: socket.socket, address: tuple[str, int], context: ssl.SSLContext | None) -> None:
+        """Serve an accepted connection in a thread of its own; on the TLS port wrap the
+        socket (no I/O here: the handshake runs in the association's thread, so a slow
+        client blocks only itself)."""
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if context is not None:
+            sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        assoc = Association(sock, address, self.config)
+        with self._lock:
+            self._associations.add(assoc)
+        threading.Thread(target=self._serve, args=(assoc,), name="dimse-association", daemon=True).start()
 
     def _serve(self, assoc: Association) -> None:
         try:
@@ -305,3 +358,5 @@ class DimseServer:
             assoc.close()
             with self._lock:
                 self._associations.discard(assoc)
+            if self.feed is not None:
+                self.feed.ended()
