@@ -248,9 +248,12 @@ def _store_and_index(
     uses it (an identical copy stored concurrently may).
     """
     key = instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid, sha[:16])
-    _flushed(flushing)
     try:
+        # While the spool's fsync runs in the background: a folder store links it into
+        # place and fsyncs the folder, so the two disk flushes overlap (a power loss
+        # between them leaves an object without an index row, never the reverse).
         archive.store.put_file(key, spool.path, synced=True, keep_source=True)
+        _flushed(flushing)
     except BaseException:
         # A failed write may still land (an S3 PUT that timed out here completes there):
         # record it, so that the sweep removes the object unless an index row uses it.
