@@ -1,18 +1,18 @@
-"""Spreading DIMSE associations evenly over the worker processes of ``pacs serve``.
+"""Spreading connections evenly over the worker processes of ``pacs serve``.
 
-With ``PACS_WORKERS`` > 1 the supervisor owns the DIMSE listening sockets (plain and
-TLS), accepts every connection and hands it (the file descriptor, over a Unix
-``SOCK_SEQPACKET`` pair, ``SCM_RIGHTS``) to the worker serving the fewest associations;
-the worker reports each association that ends with one byte back.
+With more than one worker the supervisor owns the listening sockets (DIMSE, DICOM TLS,
+HTTP), accepts every connection and hands it (the file descriptor, over a Unix
+``SOCK_SEQPACKET`` pair, ``SCM_RIGHTS``) to the worker holding the fewest open
+connections; the worker reports each connection that ends with one byte back.
 
 Why not ``SO_REUSEPORT``, which the workers used before: the kernel picks a worker by a
 hash of the connection's addresses, so four modalities land 2/2 on two workers only
 three times in eight (3/1 half the time, 4/0 once in eight), and one process's
-interpreter lock then serves three or four associations while the other core idles.
-Counting is exact here, and the cost is one descriptor passed per association, not per
-message. Hand-written because neither the standard library nor aiohttp spreads
-long-lived connections by load. HTTP keeps ``SO_REUSEPORT`` (many short requests even
-out).
+interpreter lock then serves three or four associations while the other core idles;
+the same holds for STOW-RS clients on kept-alive HTTP connections. Counting is exact
+here, and the cost is one descriptor passed per connection, not per message or request.
+Hand-written because neither the standard library nor aiohttp spreads long-lived
+connections by load.
 
 This module imports nothing of the DICOM, database or HTTP stacks: the supervisor stays
 light.
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-#: Connection kinds, the one byte sent with each descriptor.
-PLAIN, TLS = b"D", b"T"
+#: Connection kinds, the one byte sent with each descriptor: DIMSE, DICOM TLS, HTTP(S).
+PLAIN, TLS, HTTP = b"D", b"T", b"H"
 #: Worker -> supervisor: ready to serve; an association ended.
 READY, ENDED = b"R", b"-"
 POLL_SECONDS = 0.2
@@ -177,9 +177,10 @@ class Feed:
         """One association handed to us is over."""
         self._tell(ENDED)
 
-    def receive(self) -> tuple[socket.socket, bool] | None:
-        """The next connection and whether it came in on the TLS port; None when nothing
-        came within the poll interval. Raises EOFError when the supervisor is gone."""
+    def receive(self) -> tuple[socket.socket, bytes] | None:
+        """The next connection and its kind (:data:`PLAIN`, :data:`TLS`, :data:`HTTP`);
+        None when nothing came within the poll interval. Raises EOFError when the
+        supervisor is gone."""
         try:
             kind, fds, _flags, _addr = socket.recv_fds(self.channel, 1, 1)
         except TimeoutError:
@@ -188,7 +189,7 @@ class Feed:
             raise EOFError("the supervisor closed the channel")
         if not fds:
             return None
-        return socket.socket(fileno=fds[0]), kind == TLS
+        return socket.socket(fileno=fds[0]), kind
 
     def close(self) -> None:
         self.channel.close()

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import socket
 from importlib.metadata import entry_points
 from typing import AsyncIterator
 
@@ -85,13 +84,13 @@ def add_http_doors(app: web.Application, archive: Archive) -> None:
 
 
 def build_application(
-    archive: Archive, *, dimse_port: int | None = None, reuse_port: bool = False,
+    archive: Archive, *, dimse_port: int | None = None,
     dimse_tls_port: int | None = None, feed: Feed | None = None,
 ) -> web.Application:
     """The full application: archive routes, DICOMweb routes when present, DIMSE, sweeps.
 
     ``dimse_tls_port``: the DICOM TLS port to bind (0: a free one); None: from the settings.
-    ``feed``: DIMSE connections come from the supervisor (a worker of ``--workers N``).
+    ``feed``: connections come from the supervisor (:mod:`pacs.worker`).
     """
     from .bind import check_bind  # refuses a non-loopback address without authentication
 
@@ -107,7 +106,7 @@ def build_application(
             await asyncio.to_thread(archive.sweep_orphans)
         except PacsError as exc:  # come up anyway: /healthz and 0xA700 tell the story
             log.warning("orphan sweep at start failed: %s", exc.reason)
-        dimse = DimseServer(archive, reuse_port=reuse_port, feed=feed)
+        dimse = DimseServer(archive, feed=feed)
         await asyncio.to_thread(dimse.start, None, dimse_port, dimse_tls_port)
         app[DIMSE] = dimse
         app[OUTBOX] = sender = OutboxSender(archive, signers=app[OUTBOX_SIGNERS],
@@ -136,11 +135,10 @@ def size_query_caches(entries: int) -> None:
     RESPONSES.resize(entries)
 
 
-def _serve_one(settings: Settings, *, reuse_port: bool = False, migrate: bool = True,
-               feed: Feed | None = None) -> None:
+def _serve_one(settings: Settings) -> None:
     """One server process until SIGTERM/SIGINT."""
-    archive = Archive(settings, migrate=migrate)
-    app = build_application(archive, reuse_port=reuse_port, feed=feed)
+    archive = Archive(settings)
+    app = build_application(archive)
     size_query_caches(settings.query_cache_entries)
     # Everything loaded so far (modules, pydicom's dictionaries, SQLAlchemy's metadata)
     # lives as long as the process: keep it out of the cyclic garbage collector, whose
@@ -155,19 +153,10 @@ def _serve_one(settings: Settings, *, reuse_port: bool = False, migrate: bool = 
         host=settings.host,
         port=settings.http_port,
         shutdown_timeout=settings.shutdown_timeout,
-        reuse_port=reuse_port or None,
         ssl_context=http_context(settings),
         print=None,
         access_log=None,
     )
-
-
-def worker_main(settings: Settings, channel: socket.socket) -> None:
-    """Entry point of one worker process of ``pacs serve --workers N``: DIMSE connections
-    come over ``channel`` from the supervisor (:mod:`pacs.balancer`); HTTP shares its port
-    with the other workers (SO_REUSEPORT)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    _serve_one(settings, reuse_port=True, migrate=False, feed=Feed(channel))
 
 
 def serve(settings: Settings) -> None:

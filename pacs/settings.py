@@ -68,8 +68,8 @@ class Settings:
     )
     workers: int = _doc(
         "Server processes of `pacs serve`. 0: one per core this process may run on (at most 8). "
-        "With more than one, a supervisor hands each DIMSE association to the least busy "
-        "worker; the workers share the HTTP port (SO_REUSEPORT).",
+        "With more than one, a supervisor owns the ports and hands each connection (DIMSE "
+        "association or HTTP) to the worker holding the fewest.",
         default=0,
     )
     max_associations: int = _doc("Concurrent DIMSE associations accepted.", default=32)

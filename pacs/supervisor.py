@@ -2,10 +2,10 @@
 
 The supervisor imports none of the DICOM, database or HTTP stacks (each worker costs
 about 120 MB; the supervisor should not add another). It migrates the index once in a
-child process, binds the DIMSE ports and starts the workers. DIMSE connections are
-accepted here and handed to the worker serving the fewest associations
-(:mod:`pacs.balancer`); the workers share the HTTP port through SO_REUSEPORT. It forwards
-SIGTERM/SIGINT and restarts a worker that dies unexpectedly.
+child process, binds the ports (DIMSE, DICOM TLS, HTTP) and starts the workers
+(:mod:`pacs.worker`). Connections are accepted here and handed to the worker holding
+the fewest (:mod:`pacs.balancer`). It forwards SIGTERM/SIGINT and restarts a worker that
+dies unexpectedly.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import threading
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 
-from .balancer import PLAIN, TLS, Balancer, bind_listener
+from .balancer import HTTP, PLAIN, TLS, Balancer, bind_listener
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def _migrate(settings: Settings) -> None:
 
 
 def _worker(settings: Settings, channel: socket.socket) -> None:
-    from .server import worker_main
+    from .worker import worker_main
 
     worker_main(settings, channel)
 
@@ -54,16 +54,18 @@ class Supervisor:
         proc.start()
         return proc
 
-    def _bind_dimse(self) -> Balancer:
-        """Listen on the DIMSE ports (plain, and TLS when configured); the settings the
-        workers get name the ports bound (0 in the settings picks free ones)."""
+    def _bind(self) -> Balancer:
+        """Listen on the DIMSE port, the DICOM TLS port when configured and the HTTP port;
+        the settings the workers get name the ports bound (0 picks a free one)."""
         settings = self.settings
-        listeners = {PLAIN: bind_listener(settings.host, settings.dimse_port)}
+        listeners = {PLAIN: bind_listener(settings.host, settings.dimse_port),
+                     HTTP: bind_listener(settings.host, settings.http_port)}
         tls_port = settings.dimse_tls_port
         if tls_port:
             listeners[TLS] = bind_listener(settings.host, tls_port)
             tls_port = listeners[TLS].getsockname()[1]
-        self.settings = replace(settings, dimse_port=listeners[PLAIN].getsockname()[1], dimse_tls_port=tls_port)
+        self.settings = replace(settings, dimse_port=listeners[PLAIN].getsockname()[1],
+                                http_port=listeners[HTTP].getsockname()[1], dimse_tls_port=tls_port)
         return Balancer(listeners, expected=settings.process_count)
 
     def _start_worker(self, slot: int) -> BaseProcess:
@@ -90,7 +92,7 @@ class Supervisor:
             return 1
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        self.balancer = self._bind_dimse()
+        self.balancer = self._bind()
         self.workers = [self._start_worker(slot) for slot in range(self.settings.process_count)]
         self.balancer.start()
         log.info("started %d worker processes", len(self.workers))

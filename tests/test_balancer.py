@@ -17,7 +17,7 @@ class FakeWorker(threading.Thread):
     def __init__(self, channel: socket.socket) -> None:
         super().__init__(daemon=True)
         self.feed = Feed(channel)
-        self.held: list[tuple[socket.socket, bool]] = []
+        self.held: list[tuple[socket.socket, bytes]] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -94,7 +94,7 @@ def test_the_handed_socket_is_the_clients_connection_and_keeps_its_kind(balanced
     client = connect(TLS)
     _wait_for(lambda: any(w.held for w in workers))
     sock, on_tls_port = next(w.held[0] for w in workers if w.held)
-    assert on_tls_port is True
+    assert on_tls_port == TLS
     sock.sendall(b"hello from the worker")
     assert client.recv(64) == b"hello from the worker"
     assert sock.getpeername() == client.getsockname()

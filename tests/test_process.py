@@ -104,8 +104,9 @@ def test_kill_9_during_ingest_loses_nothing(tmp_path: Path, database_url: str) -
     archive.close()
 
 
-def test_sigterm_lets_open_association_finish(tmp_path: Path, database_url: str) -> None:
-    server = ProcessServer(_env(tmp_path, database_url), tmp_path).start()
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_lets_open_association_finish(tmp_path: Path, database_url: str, workers: str) -> None:
+    server = ProcessServer(_env(tmp_path, database_url, PACS_WORKERS=workers), tmp_path).start()
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
     assoc = ae.associate("127.0.0.1", server.dimse_port)

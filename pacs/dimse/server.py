@@ -17,8 +17,6 @@ N-CREATE/N-SET that way; the dispatcher picks their handlers by SOP class.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import socket
 import ssl
 import threading
@@ -141,8 +139,9 @@ class DimseServer:
     """Listens for associations and serves each in a thread of its own."""
 
     def __init__(self, archive: Archive, *, reuse_port: bool = False, feed: Feed | None = None) -> None:
-        """``feed``: connections handed over by the supervisor of ``pacs serve --workers N``
-        (:mod:`pacs.balancer`), which owns the listening sockets; none are bound here then."""
+        """``feed``: the channel to the supervisor of ``pacs serve`` workers
+        (:mod:`pacs.balancer`), which owns the listening sockets: none are bound here, the
+        worker passes connections to :meth:`admit`, and each that ends is reported."""
         configure_logging()
         settings = archive.settings
         self.archive = archive
@@ -164,7 +163,7 @@ class DimseServer:
         self._tls_listener: socket.socket | None = None
         self._tls_thread: threading.Thread | None = None
         self._tls_context: ssl.SSLContext | None = None
-        self._feed_thread: threading.Thread | None = None
+        self._fed = False
         self._lock = threading.Lock()
         self._associations: set[Association] = set()
         self._stopping = threading.Event()
@@ -209,13 +208,10 @@ class DimseServer:
         return bound[0], bound[1]
 
     def _start_fed(self, host: str, tls_port: int | None) -> tuple[str, int]:
-        """Serve what the supervisor hands over; it bound the ports of the settings."""
-        assert self.feed is not None
+        """Serve what the supervisor hands over (:meth:`admit`); it bound the ports of
+        the settings."""
         settings = self.archive.settings
-        self._feed_thread = threading.Thread(target=self._feed_loop, args=(self.feed,),
-                                             name="dimse-feed", daemon=True)
-        self._feed_thread.start()
-        self.feed.ready()
+        self._fed = True
         if tls_port is not None:
             log.info("DICOM TLS listening on %s:%d", host, tls_port)
         log.info("DIMSE %s listening on %s:%d", settings.ae_title, host, settings.dimse_port)
@@ -253,17 +249,17 @@ class DimseServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, let established associations finish for ``timeout`` s, then abort."""
-        if self._listener is None and self._feed_thread is None:
+        if self._listener is None and not self._fed:
             return
         self._stopping.set()
-        for thread in (self._thread, self._tls_thread, self._feed_thread):
+        for thread in (self._thread, self._tls_thread):
             if thread is not None:
                 thread.join()
         for listener in (self._listener, self._tls_listener):
             if listener is not None:
                 listener.close()
         self._listener = self._tls_listener = None
-        self._feed_thread = None
+        self._fed = False
         self.commitment.stop()
         deadline = time.monotonic() + timeout
         while self.active_associations() and time.monotonic() < deadline:
@@ -290,28 +286,22 @@ class DimseServer:
                 continue
             self._admit(sock, address[:2], context)
 
-    def _feed_loop(self, feed: Feed) -> None:
-        """Take the connections the supervisor hands over until stopped or it is gone."""
-        while not self._stopping.is_set():
-            try:
-                handed = feed.receive()
-            except (EOFError, OSError):
-                if not self._stopping.is_set():
-                    # The supervisor is gone (killed): nobody hands us connections or
-                    # restarts us. Shut down as on SIGTERM: open associations finish.
-                    log.warning("the supervisor is gone; this worker shuts down")
-                    os.kill(os.getpid(), signal.SIGTERM)
-                return
-            if handed is None:
-                continue
-            sock, on_tls_port = handed
-            try:
-                address = sock.getpeername()[:2]
-            except OSError:  # the peer gave up while the connection was handed over
-                sock.close()
-                feed.ended()
-                continue
-            self._admit(sock, address, self._tls_context if on_tls_port else None)
+    def admit(self, sock: socket.socket, on_tls_port: bool) -> None:
+        """Serve a connection the supervisor accepted (``pacs serve`` workers); refused
+        (closed) once stopping."""
+        if self._stopping.is_set():
+            sock.close()
+            if self.feed is not None:
+                self.feed.ended()
+            return
+        try:
+            address = sock.getpeername()[:2]
+        except OSError:  # the peer gave up while the connection was handed over
+            sock.close()
+            if self.feed is not None:
+                self.feed.ended()
+            return
+        self._admit(sock, address, self._tls_context if on_tls_port else None)
 
     def _admit(self, sock: socket.socket, address: tuple[str, int], context: ssl.SSLContext | None) -> None:
         """Serve an accepted connection in a thread of its own; on the TLS port wrap the
