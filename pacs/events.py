@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
+from .index import direct
 from .index.db import Database
 from .index.models import Event, EventCounter, Series, Study
 
@@ -82,8 +83,8 @@ def append_event(
     payload: dict[str, Any] | None = None,
 ) -> int:
     """Append one event in the caller's transaction and return its id."""
-    new_id = conn.execute(_NEXT_EVENT_ID).scalar_one()
-    conn.execute(_INSERT_EVENT, {
+    new_id = direct.scalar(conn, _NEXT_EVENT_ID, {})
+    direct.insert(conn, _INSERT_EVENT, {
         "id": new_id,
         "type": type_.value,
         "study_uid": study_uid,

@@ -43,6 +43,7 @@ from . import metrics
 from .access import SYSTEM, Caller, ingest_scope, require
 from .errors import Conflict, DuplicateConflict, PacsError, SOPClassMismatch, StorageUnavailable, StudyMismatch
 from .events import EventType, append_event
+from .index import direct
 from .index.models import Instance, PendingWrite, Series, Study
 from .index.summary import write_summary
 from .index.writer import (
@@ -383,7 +384,7 @@ def _write_cached(conn, archive: Archive, parsed: ParsedInstance, row: dict, now
                                      parsed.series["modality"], parsed.sop_class_uid)
     if entry is None or not bump_cached(conn, entry, now):
         return False
-    conn.execute(_INSERT_INSTANCE, {"series_fk": entry.series_pk, **row})
+    direct.insert(conn, _INSERT_INSTANCE, {"series_fk": entry.series_pk, **row})
     _instance_stored(conn, parsed, replaced=False)
     return True
 

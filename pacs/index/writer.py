@@ -15,6 +15,7 @@ from sqlalchemy import Connection, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import Conflict
+from . import direct
 from .models import Instance, Patient, Series, Study
 from .summary import refresh_summary, study_summary
 
@@ -250,14 +251,14 @@ def bump_cached(conn: Connection, entry: SeriesEntry, now: float) -> bool:
     """Count one more instance in a series known from ``entry``, in lock order (study,
     then series). False when the study row does not match (nothing changed); raises
     :class:`StaleEntry` when the study matched but the series did not."""
-    matched = conn.execute(_BUMP_CACHED_STUDY, {
+    matched = direct.rowcount(conn, _BUMP_CACHED_STUDY, {
         "b_pk": entry.study_pk, "b_patient": entry.patient_pk, "b_now": now,
         "b_modalities": entry.modalities, "b_sop_classes": entry.sop_classes,
-    }).rowcount
+    })
     if matched != 1:
         return False
-    if conn.execute(_BUMP_CACHED_SERIES, {"b_pk": entry.series_pk, "b_study": entry.study_pk,
-                                          "b_now": now}).rowcount != 1:
+    if direct.rowcount(conn, _BUMP_CACHED_SERIES, {"b_pk": entry.series_pk, "b_study": entry.study_pk,
+                                                   "b_now": now}) != 1:
         raise StaleEntry(entry.series_pk)
     return True
 
