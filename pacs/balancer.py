@@ -140,7 +140,7 @@ class Balancer:
                 with self._lock:
                     worker.active += 1
                 return
-            log.warning("no worker to take a DIMSE connection; closed")
+            log.warning("no worker to take a connection; closed")
 
     def _by_load(self) -> list[_Worker]:
         with self._lock:

@@ -287,16 +287,13 @@ class DimseServer:
             self._admit(sock, address[:2], context)
 
     def admit(self, sock: socket.socket, on_tls_port: bool) -> None:
-        """Serve a connection the supervisor accepted (``pacs serve`` workers); refused
-        (closed) once stopping."""
-        if self._stopping.is_set():
-            sock.close()
-            if self.feed is not None:
-                self.feed.ended()
-            return
+        """Serve a connection the supervisor accepted (``pacs serve`` workers); closed
+        instead once stopping, or when the peer left while it was handed over."""
         try:
-            address = sock.getpeername()[:2]
-        except OSError:  # the peer gave up while the connection was handed over
+            address = None if self._stopping.is_set() else sock.getpeername()[:2]
+        except OSError:
+            address = None
+        if address is None:
             sock.close()
             if self.feed is not None:
                 self.feed.ended()
