@@ -191,3 +191,32 @@ def test_workers_shut_down_when_the_supervisor_is_killed(tmp_path: Path, databas
         threading.Event().wait(0.05)
     assert not any(_alive(pid) for pid in workers)
     assert "the supervisor is gone; this worker shuts down" in server.log_path.read_text()
+
+
+def test_a_killed_worker_is_replaced_and_connections_go_on(tmp_path: Path, database_url: str) -> None:
+    import os
+    import signal
+
+    server = ProcessServer(_env(tmp_path, database_url, PACS_WORKERS="2"), tmp_path).start()
+    assert server.proc is not None
+    deadline = time.monotonic() + 60
+    while server.log_path.read_text().count("DIMSE PACS listening") < 2 and time.monotonic() < deadline:
+        threading.Event().wait(0.05)
+    victim = next(pid for pid in _children(server.proc.pid)
+                  if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes())
+    os.kill(victim, signal.SIGKILL)
+    while server.log_path.read_text().count("DIMSE PACS listening") < 3 and time.monotonic() < deadline:
+        threading.Event().wait(0.05)
+    assert "restarting" in server.log_path.read_text()
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.acse_timeout = ae.network_timeout = 30
+    assocs = [ae.associate("127.0.0.1", server.dimse_port) for _ in range(4)]
+    try:
+        assert all(a.is_established for a in assocs)
+        assert [a.send_c_echo().Status for a in assocs] == [0, 0, 0, 0]
+    finally:
+        for a in assocs:
+            if a.is_established:
+                a.release()
+    assert server.terminate() == 0
