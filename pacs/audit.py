@@ -157,10 +157,14 @@ class AuditTrail:
                 self._queue.task_done()
                 return
             batch, stop = [first], False
-            deadline = time.monotonic() + LINGER
+            # Let the batch gather while this thread sleeps: waiting on the queue instead
+            # would wake it (a thread switch, an interpreter-lock hand-off) for every event
+            # of a storing association. A full batch already waiting goes at once.
+            if self._queue.qsize() < BATCH:
+                time.sleep(LINGER)
             while len(batch) < BATCH:
                 try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
