@@ -72,7 +72,9 @@ class Settings:
         "association or HTTP) to the worker holding the fewest.",
         default=0,
     )
-    max_associations: int = _doc("Concurrent DIMSE associations accepted.", default=32)
+    max_associations: int = _doc(
+        "Concurrent DIMSE associations accepted by each worker process (connections go to the "
+        "least busy worker, so a node takes workers x this many).", default=32)
     dimse_timeout: float = _doc("Seconds to wait for a DIMSE message.", default=60.0)
     network_timeout: float = _doc("Seconds of network silence before an association is aborted.", default=120.0)
     require_called_ae: bool = _doc("Refuse associations whose Called AE is not ours.", default=False)
