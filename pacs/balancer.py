@@ -74,7 +74,7 @@ class Balancer:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
-        self._thread = threading.Thread(target=self._run, name="dimse-balancer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="connection-balancer", daemon=True)
 
     def attach(self, slot: int) -> socket.socket:
         """A fresh channel for the worker in ``slot`` (replacing a dead one's); the
@@ -103,7 +103,7 @@ class Balancer:
             listener.close()
 
     def counts(self) -> dict[int, int]:
-        """Associations each worker slot serves now (tests, logs)."""
+        """Open connections each worker slot holds now (tests, logs)."""
         with self._lock:
             return {slot: worker.active for slot, worker in self._workers.items()}
 
@@ -117,7 +117,10 @@ class Balancer:
             self._accepting = self._accepting or ready >= self.expected or time.monotonic() >= give_up_waiting
             listening = list(kinds) if self._accepting else []
             timeout = None if self._accepting else max(0.0, give_up_waiting - time.monotonic())
-            readable, _, _ = select.select([*listening, *channels, self._wake_r], [], [], timeout)
+            try:
+                readable, _, _ = select.select([*listening, *channels, self._wake_r], [], [], timeout)
+            except (OSError, ValueError):  # a channel closed meanwhile (attach replaced it)
+                continue
             for sock in readable:
                 if sock is self._wake_r:
                     self._wake_r.recv(64)

@@ -153,3 +153,19 @@ def test_connections_wait_until_every_worker_is_ready() -> None:
             worker.join(5)
         for client in clients:
             client.close()
+
+
+def test_a_slot_attached_again_while_running_keeps_connections_flowing(balanced) -> None:  # type: ignore[no-untyped-def]
+    balancer, workers, connect = balanced
+    replacement = FakeWorker(balancer.attach(0))  # closes the old channel under the running loop
+    replacement.start()
+    replacement.feed.ready()
+    try:
+        for i in range(3):
+            connect()
+            _wait_for(lambda: len(replacement.held) + len(workers[1].held) == i + 1)
+        assert balancer.counts() == {0: len(replacement.held), 1: len(workers[1].held)}
+        assert not workers[0].held
+    finally:
+        replacement.stop.set()
+        replacement.join(5)
