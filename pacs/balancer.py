@@ -38,12 +38,10 @@ POLL_SECONDS = 0.2
 STARTUP_GRACE_SECONDS = 30.0
 
 
-def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+def bind_listener(host: str, port: int) -> socket.socket:
     """A TCP socket listening on (host, port); port 0 picks a free one."""
     listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     listener.bind((host, port))
     listener.listen(128)
     return listener

@@ -135,18 +135,27 @@ def size_query_caches(entries: int) -> None:
     RESPONSES.resize(entries)
 
 
-def _serve_one(settings: Settings) -> None:
-    """One server process until SIGTERM/SIGINT."""
-    archive = Archive(settings)
-    app = build_application(archive)
+def prepare_process(settings: Settings, *, migrate: bool = True, feed: Feed | None = None) -> web.Application:
+    """The application of one server process (a lone one, or a worker: ``feed``), with
+    what every server process sets up once: its query caches, the collector, the warning
+    about plain HTTP."""
+    from .tls import warn_plaintext
+
+    app = build_application(Archive(settings, migrate=migrate), feed=feed)
     size_query_caches(settings.query_cache_entries)
     # Everything loaded so far (modules, pydicom's dictionaries, SQLAlchemy's metadata)
     # lives as long as the process: keep it out of the cyclic garbage collector, whose
     # full passes over it stalled requests by ~100 ms (docs/performance.md).
     gc.freeze()
-    from .tls import http_context, warn_plaintext
-
     warn_plaintext(settings)
+    return app
+
+
+def _serve_one(settings: Settings) -> None:
+    """One server process until SIGTERM/SIGINT."""
+    from .tls import http_context
+
+    app = prepare_process(settings)
     log.info("HTTP%s listening on %s:%d", "S" if settings.https else "", settings.host, settings.http_port)
     web.run_app(
         app,

@@ -78,7 +78,7 @@ class Supervisor:
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stopping.set()
-        if self.balancer is not None:  # no new DIMSE connections; open ones finish
+        if self.balancer is not None:  # no new connections; open ones finish
             self.balancer.stop()
         for proc in self.workers:
             if proc.is_alive() and proc.pid:

@@ -15,7 +15,6 @@ associations finish within ``PACS_SHUTDOWN_TIMEOUT``.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import socket
@@ -24,10 +23,9 @@ import threading
 
 from aiohttp import web
 
-from .archive import Archive
 from .balancer import HTTP, TLS, Feed
 from .dimse.server import DimseServer
-from .server import DIMSE, build_application, size_query_caches
+from .server import DIMSE, prepare_process
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,13 +39,9 @@ def worker_main(settings: Settings, channel: socket.socket) -> None:
 
 async def serve_handed(settings: Settings, feed: Feed) -> None:
     """Serve the connections handed over ``feed`` until SIGTERM/SIGINT or the supervisor goes."""
-    from .tls import http_context, warn_plaintext
+    from .tls import http_context
 
-    archive = Archive(settings, migrate=False)
-    app = build_application(archive, feed=feed)
-    size_query_caches(settings.query_cache_entries)
-    gc.freeze()  # as pacs.server._serve_one: long-lived objects out of the collector's passes
-    warn_plaintext(settings)
+    app = prepare_process(settings, migrate=False, feed=feed)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()  # the lifecycle: orphan sweep, DIMSE (fed), background loops
     loop = asyncio.get_running_loop()

@@ -138,14 +138,13 @@ class AcceptorConfig:
 class DimseServer:
     """Listens for associations and serves each in a thread of its own."""
 
-    def __init__(self, archive: Archive, *, reuse_port: bool = False, feed: Feed | None = None) -> None:
+    def __init__(self, archive: Archive, *, feed: Feed | None = None) -> None:
         """``feed``: the channel to the supervisor of ``pacs serve`` workers
         (:mod:`pacs.balancer`), which owns the listening sockets: none are bound here, the
         worker passes connections to :meth:`admit`, and each that ends is reported."""
         configure_logging()
         settings = archive.settings
         self.archive = archive
-        self.reuse_port = reuse_port
         self.feed = feed
         self.config = AcceptorConfig(
             ae_title=settings.ae_title, max_pdu=settings.max_pdu_size,
@@ -220,7 +219,7 @@ class DimseServer:
     def _listen(self, address: tuple[str, int],
                 context: ssl.SSLContext | None) -> tuple[socket.socket, threading.Thread]:
         """A bound listening socket and its running acceptor thread."""
-        listener = bind_listener(address[0], address[1], reuse_port=self.reuse_port)
+        listener = bind_listener(address[0], address[1])
         listener.settimeout(0.2)
         thread = threading.Thread(target=self._accept_loop, args=(listener, context),
                                   name="dimse-tls-acceptor" if context else "dimse-acceptor", daemon=True)

@@ -32,9 +32,9 @@ class _Compiled:
         base = compiled.params  # literal values of the statement (e.g. the 1 of "n + 1")
         self.fixed = {name: base[name] for name in self.names if base.get(name) is not None}
         self.defaults: dict[str, Callable[[], Any]] = {}
-        for column in getattr(compiled, "insert_prefetch", None) or []:
+        for column in getattr(compiled, "insert_prefetch", None) or []:  # columns not given
             default = column.default
-            if default is None or column.key in (keys or ()):
+            if default is None:
                 continue
             if default.is_scalar:
                 self.defaults[column.key] = lambda value=default.arg: value
