@@ -29,10 +29,22 @@ class FakeWorker(threading.Thread):
             if handed is not None:
                 self.held.append(handed)
 
+    def close(self) -> None:
+        self.stop.set()
+        self.join(5)
+
     def end_one(self) -> None:
         sock, _ = self.held.pop()
         sock.close()
         self.feed.ended()
+
+
+def _shut(balancer: Balancer, workers: list[FakeWorker], clients: list[socket.socket]) -> None:
+    balancer.stop()
+    for worker in workers:
+        worker.close()
+    for client in clients:
+        client.close()
 
 
 def _wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -60,12 +72,7 @@ def balanced():  # type: ignore[no-untyped-def]
         return client
 
     yield balancer, workers, connect
-    balancer.stop()
-    for worker in workers:
-        worker.stop.set()
-        worker.join(5)
-    for client in clients:
-        client.close()
+    _shut(balancer, workers, clients)
 
 
 def test_connections_alternate_between_workers(balanced) -> None:  # type: ignore[no-untyped-def]
@@ -102,8 +109,7 @@ def test_the_handed_socket_is_the_clients_connection_and_keeps_its_kind(balanced
 
 def test_a_worker_that_is_gone_gets_nothing(balanced) -> None:  # type: ignore[no-untyped-def]
     balancer, workers, connect = balanced
-    workers[0].stop.set()
-    workers[0].join(5)
+    workers[0].close()
     workers[0].feed.close()
     _wait_for(lambda: 0 not in balancer.counts())
     for i in range(3):
@@ -114,21 +120,17 @@ def test_a_worker_that_is_gone_gets_nothing(balanced) -> None:  # type: ignore[n
 
 def test_a_worker_not_ready_yet_is_chosen_last() -> None:
     listeners = {PLAIN: bind_listener("127.0.0.1", 0)}
-    balancer = Balancer(listeners)
+    balancer = Balancer(listeners, expected=1)  # hands out once it has heard the ready one
     starting, ready = (FakeWorker(balancer.attach(slot)) for slot in range(2))
     ready.start()
     ready.feed.ready()
     balancer.start()
+    clients = [socket.create_connection(listeners[PLAIN].getsockname()[:2]) for _ in range(2)]
     try:
-        _wait_for(lambda: balancer._by_load()[0] is balancer._workers[1])  # noqa: SLF001
-        with socket.create_connection(listeners[PLAIN].getsockname()[:2]), \
-                socket.create_connection(listeners[PLAIN].getsockname()[:2]):
-            _wait_for(lambda: len(ready.held) == 2)
+        _wait_for(lambda: len(ready.held) == 2)
         assert balancer.counts() == {0: 0, 1: 2}
     finally:
-        balancer.stop()
-        ready.stop.set()
-        ready.join(5)
+        _shut(balancer, [ready], clients)
         starting.feed.close()
 
 
@@ -147,12 +149,7 @@ def test_connections_wait_until_every_worker_is_ready() -> None:
         second.feed.ready()
         _wait_for(lambda: len(first.held) == 1 and len(second.held) == 1)
     finally:
-        balancer.stop()
-        for worker in (first, second):
-            worker.stop.set()
-            worker.join(5)
-        for client in clients:
-            client.close()
+        _shut(balancer, [first, second], clients)
 
 
 def test_a_slot_attached_again_while_running_keeps_connections_flowing(balanced) -> None:  # type: ignore[no-untyped-def]
@@ -167,5 +164,4 @@ def test_a_slot_attached_again_while_running_keeps_connections_flowing(balanced)
         assert balancer.counts() == {0: len(replacement.held), 1: len(workers[1].held)}
         assert not workers[0].held
     finally:
-        replacement.stop.set()
-        replacement.join(5)
+        replacement.close()

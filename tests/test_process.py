@@ -58,6 +58,18 @@ class Sender(threading.Thread):
             assoc.abort()
 
 
+def _until(condition, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``condition`` until true or ``timeout`` s passed (the caller's asserts decide)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        threading.Event().wait(0.05)
+
+
+def _listening(server: ProcessServer) -> int:
+    """How many server processes logged that they serve DIMSE."""
+    return server.log_path.read_text().count("DIMSE PACS listening")
+
+
 def _objects(data_dir: Path) -> set[str]:
     root = data_dir / "objects"
     return {str(p.relative_to(root)) for p in root.rglob("*.dcm") if ".tmp" not in p.parts}
@@ -134,9 +146,7 @@ def test_two_workers_share_the_ports(tmp_path: Path, database_url: str) -> None:
 
     server = ProcessServer(_env(tmp_path, database_url, PACS_WORKERS="2"), tmp_path).start()
     # /healthz answers once the first worker is up: wait for both to listen on DIMSE.
-    deadline = time.monotonic() + 60
-    while server.log_path.read_text().count("DIMSE PACS listening") < 2 and time.monotonic() < deadline:
-        threading.Event().wait(0.05)
+    _until(lambda: _listening(server) >= 2)
     acked: list[str] = []
     stop = threading.Event()
     senders = [Sender(server.dimse_port, acked, stop, i) for i in range(4)]
@@ -179,16 +189,12 @@ def _alive(pid: int) -> bool:
 def test_workers_shut_down_when_the_supervisor_is_killed(tmp_path: Path, database_url: str) -> None:
     server = ProcessServer(_env(tmp_path, database_url, PACS_WORKERS="2"), tmp_path).start()
     assert server.proc is not None
-    deadline = time.monotonic() + 60
-    while server.log_path.read_text().count("DIMSE PACS listening") < 2 and time.monotonic() < deadline:
-        threading.Event().wait(0.05)
+    _until(lambda: _listening(server) >= 2)
     workers = _children(server.proc.pid)
     assert len(workers) >= 2
     server.proc.kill()
     server.proc.wait(10)
-    deadline = time.monotonic() + 60
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        threading.Event().wait(0.05)
+    _until(lambda: not any(_alive(pid) for pid in workers))
     assert not any(_alive(pid) for pid in workers)
     assert "the supervisor is gone; this worker shuts down" in server.log_path.read_text()
 
@@ -199,14 +205,11 @@ def test_a_killed_worker_is_replaced_and_connections_go_on(tmp_path: Path, datab
 
     server = ProcessServer(_env(tmp_path, database_url, PACS_WORKERS="2"), tmp_path).start()
     assert server.proc is not None
-    deadline = time.monotonic() + 60
-    while server.log_path.read_text().count("DIMSE PACS listening") < 2 and time.monotonic() < deadline:
-        threading.Event().wait(0.05)
+    _until(lambda: _listening(server) >= 2)
     victim = next(pid for pid in _children(server.proc.pid)
                   if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes())
     os.kill(victim, signal.SIGKILL)
-    while server.log_path.read_text().count("DIMSE PACS listening") < 3 and time.monotonic() < deadline:
-        threading.Event().wait(0.05)
+    _until(lambda: _listening(server) >= 3)
     assert "restarting" in server.log_path.read_text()
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context("1.2.840.10008.1.1")
