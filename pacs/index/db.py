@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -102,32 +102,33 @@ class Database:
                 url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True
             )
 
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self) -> AbstractContextManager[Connection]:
         """A write transaction, committed on exit, rolled back on error."""
-        gate = self._gate.held() if self._gate is not None else nullcontext()
-        try:
-            with gate, self.engine.connect() as conn:
-                conn.execution_options(immediate=True)
-                with conn.begin():
-                    yield conn
-        except OperationalError as exc:
-            raise StorageUnavailable("index database unavailable") from exc
+        return self._transaction(self.engine.connect)
 
-    @contextmanager
-    def _write_shared(self) -> Iterator[Connection]:
+    def _write_shared(self) -> AbstractContextManager[Connection]:
         """The group committer's write transaction, on one connection kept open for it.
 
         Only the batch's leader runs one at a time, so one connection serves every
         batch; checking a connection out of the pool and back in (with its reset) per
         batch cost ~8 % of the interpreter's time per stored tiny instance (py-spy).
         """
-        assert self._gate is not None
+        return self._transaction(self._kept_connection)
+
+    def _kept_connection(self) -> AbstractContextManager[Connection]:
+        conn = self._shared
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._shared = self.engine.connect()
+        return nullcontext(conn)  # stays open after the transaction
+
+    @contextmanager
+    def _transaction(self, connect: Callable[[], AbstractContextManager[Connection]]) -> Iterator[Connection]:
+        """A write transaction on the connection ``connect()`` gives once the writer gate
+        (SQLite) is held; OperationalError (connecting included) becomes StorageUnavailable."""
+        gate = self._gate.held() if self._gate is not None else nullcontext()
         try:
-            with self._gate.held():
-                conn = self._shared
-                if conn is None or conn.closed or conn.invalidated:
-                    conn = self._shared = self.engine.connect().execution_options(immediate=True)
+            with gate, connect() as conn:
+                conn.execution_options(immediate=True)
                 with conn.begin():
                     yield conn
         except OperationalError as exc:
