@@ -85,15 +85,6 @@ def _parse_env(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, s
 
 
 
-def warm_up(files: list[Path]) -> None:
-    """Read every file once (page cache) and flush dirty pages, so runs start alike."""
-    for path in files:
-        with open(path, "rb") as fh:
-            while fh.read(1 << 20):
-                pass
-    os.sync()
-
-
 def run_clients(storescu: str, port: int, ae_title: str, folders: list[Path], log_dir: Path,
                 extra_args: list[str]) -> tuple[float, list[int], float]:
     """Run one storescu per folder in parallel; return (wall seconds, exit codes, client CPU s)."""
@@ -160,12 +151,11 @@ def run_once(args: argparse.Namespace, data: DataSet, associations: int, storesc
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = WORK_DIR / f"run-{stamp}-{args.server}-{data.name}-a{associations}-{os.getpid()}"
     folders = link_groups(data.files, associations, run_dir / "groups")
-    warm_up(data.files)
     record: dict[str, Any] = {"ok": False, "error": None}
     with index_env(args.server, args.database) as db_env:
         server = ServerProcess(args.server, run_dir, {**db_env, **args.extra_env})
         try:
-            server.start()
+            server.start(warm=data.files)
             record = measure(server, data, folders, storescu, args.storescu_arg)
         except Exception as exc:  # report the failure as a result line, with the log tail
             record["error"] = f"{type(exc).__name__}: {exc}"
