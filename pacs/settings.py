@@ -148,8 +148,9 @@ class Settings:
     )
     sqlite_synchronous: str = _doc(
         "SQLite index only: `full` (every index commit reaches the disk before the C-STORE is "
-        "answered: an acknowledged instance survives a power loss) or `normal` (about 10 % "
-        "faster ingest; a power loss, not a process crash, can lose the last acknowledged instances).",
+        "answered: an acknowledged instance survives a power loss; the WAL is flushed after the "
+        "commit, outside the write lock) or `normal` (no flush per commit; a power loss, not a "
+        "process crash, can lose the last acknowledged instances).",
         default="full",
     )
     stable_seconds: float = _doc(

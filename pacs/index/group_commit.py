@@ -32,6 +32,7 @@ MAX_BATCH = 64
 class _Unit(Generic[T]):
     work: Callable[[Connection], T]
     done: bool = False
+    durable: Callable[[], None] | None = None
     value: Any = None
     error: BaseException | None = None
     finished: threading.Event = field(default_factory=threading.Event)
@@ -39,6 +40,8 @@ class _Unit(Generic[T]):
     def outcome(self) -> T:
         if self.error is not None:
             raise self.error
+        if self.durable is not None:
+            self.durable()
         return self.value
 
 
@@ -46,10 +49,16 @@ class GroupCommitter:
     """Runs units of work in shared write transactions (see module doc).
 
     ``begin`` opens one write transaction (a context manager yielding a connection that
-    commits on a clean exit), e.g. :meth:`pacs.index.db.Database.write`."""
+    commits on a clean exit), e.g. :meth:`pacs.index.db.Database.write`. ``durable``,
+    when given, is asked by the leader right after a commit for what each unit of the
+    batch then calls, outside every lock, before its result is returned: the wait until
+    the commit is on disk (:mod:`pacs.index.wal_sync`), so the next batch need not wait
+    for that flush."""
 
-    def __init__(self, begin: Callable[[], AbstractContextManager[Connection]]) -> None:
+    def __init__(self, begin: Callable[[], AbstractContextManager[Connection]],
+                 durable: Callable[[], Callable[[], None] | None] | None = None) -> None:
         self._begin = begin
+        self._durable = durable
         self._lock = threading.Lock()
         self._queue: list[_Unit[Any]] = []
         self._leading = False
@@ -61,13 +70,14 @@ class GroupCommitter:
             self._queue.append(unit)
         while True:
             with self._lock:  # done, lead or wait: decided and the event cleared atomically
-                if unit.done:
-                    return unit.outcome()
-                lead = not self._leading
+                done = unit.done
+                lead = not done and not self._leading
                 if lead:
                     self._leading = True
-                else:
+                elif not done:
                     unit.finished.clear()
+            if done:
+                return unit.outcome()  # outside the lock: it may wait for the disk
             if lead:
                 self._lead_once()
             else:
@@ -80,6 +90,10 @@ class GroupCommitter:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         try:
             self._commit(batch)
+            if self._durable is not None:
+                wait = self._durable()
+                for unit in batch:
+                    unit.durable = wait
         finally:
             with self._lock:
                 for unit in batch:

@@ -39,6 +39,7 @@ def upgrade(db: Database) -> None:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
         _seed(conn)
+    db.sync_committed()  # outside Database.write: flush the WAL here (pacs/index/wal_sync.py)
 
 
 def _seed(conn: Connection) -> None:
