@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from .events import ChangeEvent, EventType, read_changes
+from .events import ChangeEvent, EventType, next_window, read_changes
 from .index.db import Database
 from .index.models import EventCursor
 
@@ -61,21 +61,22 @@ def consume(db: Database, consumer: Consumer, batch: int = BATCH) -> int:
     """Apply the events after ``consumer``'s cursor, one batch; the number of events the
     cursor moved past (0: nothing new, or another process applied this batch first)."""
     old = _cursor(db, consumer.name)
-    events = read_changes(db, old, batch)
-    if not events:
+    count, last = next_window(db, old, batch)
+    if not count:
         return 0
-    wanted = {t.value for t in consumer.types}
+    # Only the consumer's own types are read (and decoded): nearly every event is an
+    # InstanceStored, which no consumer wants, and every process polls every consumer.
+    events = read_changes(db, old, batch, upto=last, types={t.value for t in consumer.types})
     with db.write() as conn:
         moved = conn.execute(
             update(EventCursor).where(EventCursor.name == consumer.name, EventCursor.last_id == old)
-            .values(last_id=events[-1].id, updated_at=time.time())
+            .values(last_id=last, updated_at=time.time())
         ).rowcount
         if moved != 1:
             return 0
         for event in events:
-            if event.type in wanted:
-                consumer.handle(conn, event)
-    return len(events)
+            consumer.handle(conn, event)
+    return count
 
 
 def consume_all(db: Database, consumers: Iterable[Consumer]) -> int:

@@ -17,9 +17,9 @@ import json
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Iterable
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from .index import direct
 from .index.db import Database
@@ -95,12 +95,17 @@ def append_event(
     return int(new_id)
 
 
-def read_changes(db: Database, since: int, limit: int) -> list[ChangeEvent]:
-    """Events with id > ``since``, oldest first, at most ``limit``."""
+def read_changes(db: Database, since: int, limit: int, *, upto: int | None = None,
+                 types: Iterable[str] | None = None) -> list[ChangeEvent]:
+    """Events with id > ``since`` (and <= ``upto``; of ``types`` only), oldest first, at
+    most ``limit``."""
+    query = select(Event).where(Event.id > since)
+    if upto is not None:
+        query = query.where(Event.id <= upto)
+    if types is not None:
+        query = query.where(Event.type.in_(sorted(types)))
     with db.read() as conn:
-        rows = conn.execute(
-            select(Event).where(Event.id > since).order_by(Event.id).limit(limit)
-        ).all()
+        rows = conn.execute(query.order_by(Event.id).limit(limit)).all()
     return [
         ChangeEvent(
             id=r.id,
@@ -113,6 +118,15 @@ def read_changes(db: Database, since: int, limit: int) -> list[ChangeEvent]:
         )
         for r in rows
     ]
+
+
+def next_window(db: Database, since: int, limit: int) -> tuple[int, int]:
+    """(how many, last id) of the at most ``limit`` events after ``since``; (0, since) when
+    there are none. Reads ids only, from the primary key."""
+    window = select(Event.id).where(Event.id > since).order_by(Event.id).limit(limit).subquery()
+    with db.read() as conn:
+        count, last = conn.execute(select(func.count(), func.max(window.c.id))).one()
+    return int(count), int(last) if last is not None else since
 
 
 def sweep_stable(db: Database, quiet_seconds: float, now: float | None = None, batch: int = 200) -> int:

@@ -95,3 +95,22 @@ def test_concurrent_ingest_keeps_feed_ordered_and_counts_exact(settings) -> None
         row = conn.execute(select(Study.num_series, Study.num_instances).where(Study.study_uid == study)).one()
     assert tuple(row) == (4, 40)
     archive.close()
+
+
+def test_consumer_reads_its_types_and_moves_past_the_others(archive: Archive) -> None:
+    """A consumer's batch: its cursor moves past every event of the window, InstanceStored
+    included, while only its own types reach it (read in SQL, not decoded and dropped)."""
+    from pacs.consumers import BATCH, Consumer, _cursor, consume
+    from pacs.events import EventType
+
+    study = _store_study(archive, 1)  # 2 InstanceStored
+    archive.sweep_stable(now=time.time() + 61)  # SeriesStable, StudyStable
+    seen: list[tuple[str, str]] = []
+    consumer = Consumer("test-studies", frozenset({EventType.STUDY_STABLE}),
+                        lambda conn, event: seen.append((event.type, event.study_uid)))
+    ids = [c.id for c in archive.changes(0, 100)]
+    assert consume(archive.db, consumer, batch=3) == 3  # a window of 3: no StudyStable in it
+    assert seen == [] and _cursor(archive.db, consumer.name) == ids[2]
+    assert consume(archive.db, consumer, batch=BATCH) == 1
+    assert seen == [("StudyStable", study)] and _cursor(archive.db, consumer.name) == ids[3]
+    assert consume(archive.db, consumer) == 0  # caught up
