@@ -383,13 +383,16 @@ def settle_filesystem() -> None:
     instance. The check only looks at inode table blocks still in the buffer cache, so
     when the probe finds creation slow and this process may, it drops the clean caches
     (session 9: the server's kernel time per tiny instance fell from 1.6 to 0.65 ms).
-    Otherwise a run that starts within SETTLE_LIMIT_SECONDS of a removal polls what a
-    creation costs until it is back to normal (docs/performance.md, "Benchmark hygiene").
+    Otherwise (not root) a run that starts within SETTLE_LIMIT_SECONDS of a removal polls
+    what a creation costs until it is back to normal (docs/performance.md, "Benchmark hygiene").
     The runs of one invocation keep their folders until it exits.
     """
     if _creation_cost() > SETTLED_CREATE_SECONDS and drop_clean_caches():
+        # Nothing more to wait for: what is left (~90 us on the session-9 VM, right after
+        # the drop too) is not the freed inodes' check, which dropping the caches ends.
         print(f"file creation was slow; dropped the kernel's clean caches, now "
               f"{_creation_cost() * 1e6:.0f} us", file=sys.stderr)
+        return
     try:
         age = time.time() - REMOVAL_STAMP.stat().st_mtime
     except FileNotFoundError:
