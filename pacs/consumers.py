@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from .events import ChangeEvent, EventType, next_window, read_changes
+from .events import ChangeEvent, EventType, read_window
 from .index.db import Database
 from .index.models import EventCursor
 
@@ -61,12 +61,11 @@ def consume(db: Database, consumer: Consumer, batch: int = BATCH) -> int:
     """Apply the events after ``consumer``'s cursor, one batch; the number of events the
     cursor moved past (0: nothing new, or another process applied this batch first)."""
     old = _cursor(db, consumer.name)
-    count, last = next_window(db, old, batch)
+    # Only the consumer's own types are loaded: nearly every event is an InstanceStored,
+    # which no consumer wants, and every process polls every consumer.
+    count, last, events = read_window(db, old, batch, {t.value for t in consumer.types})
     if not count:
         return 0
-    # Only the consumer's own types are read (and decoded): nearly every event is an
-    # InstanceStored, which no consumer wants, and every process polls every consumer.
-    events = read_changes(db, old, batch, upto=last, types={t.value for t in consumer.types})
     with db.write() as conn:
         moved = conn.execute(
             update(EventCursor).where(EventCursor.name == consumer.name, EventCursor.last_id == old)

@@ -95,38 +95,37 @@ def append_event(
     return int(new_id)
 
 
-def read_changes(db: Database, since: int, limit: int, *, upto: int | None = None,
-                 types: Iterable[str] | None = None) -> list[ChangeEvent]:
-    """Events with id > ``since`` (and <= ``upto``; of ``types`` only), oldest first, at
-    most ``limit``."""
-    query = select(Event).where(Event.id > since)
-    if upto is not None:
-        query = query.where(Event.id <= upto)
-    if types is not None:
-        query = query.where(Event.type.in_(sorted(types)))
+def read_changes(db: Database, since: int, limit: int) -> list[ChangeEvent]:
+    """Events with id > ``since``, oldest first, at most ``limit``."""
     with db.read() as conn:
-        rows = conn.execute(query.order_by(Event.id).limit(limit)).all()
-    return [
-        ChangeEvent(
-            id=r.id,
-            type=r.type,
-            study_uid=r.study_uid,
-            series_uid=r.series_uid,
-            sop_instance_uid=r.sop_instance_uid,
-            payload=json.loads(r.payload or "{}"),
-            created_at=r.created_at.isoformat() if r.created_at else "",
-        )
-        for r in rows
-    ]
+        rows = conn.execute(select(Event).where(Event.id > since).order_by(Event.id).limit(limit)).all()
+    return [_change_event(r) for r in rows]
 
 
-def next_window(db: Database, since: int, limit: int) -> tuple[int, int]:
-    """(how many, last id) of the at most ``limit`` events after ``since``; (0, since) when
-    there are none. Reads ids only, from the primary key."""
+def read_window(db: Database, since: int, limit: int, types: Iterable[str]) -> tuple[int, int, list[ChangeEvent]]:
+    """The window of at most ``limit`` events after ``since``: how many, the last id
+    (``since`` when none) and those of ``types`` in it, oldest first. One read transaction;
+    the window is counted from the primary key, so events of other types are never loaded."""
     window = select(Event.id).where(Event.id > since).order_by(Event.id).limit(limit).subquery()
     with db.read() as conn:
         count, last = conn.execute(select(func.count(), func.max(window.c.id))).one()
-    return int(count), int(last) if last is not None else since
+        if not count:
+            return 0, since, []
+        rows = conn.execute(select(Event).where(Event.id > since, Event.id <= last, Event.type.in_(sorted(types)))
+                            .order_by(Event.id)).all()
+    return int(count), int(last), [_change_event(r) for r in rows]
+
+
+def _change_event(r: Any) -> ChangeEvent:
+    return ChangeEvent(
+        id=r.id,
+        type=r.type,
+        study_uid=r.study_uid,
+        series_uid=r.series_uid,
+        sop_instance_uid=r.sop_instance_uid,
+        payload=json.loads(r.payload or "{}"),
+        created_at=r.created_at.isoformat() if r.created_at else "",
+    )
 
 
 def sweep_stable(db: Database, quiet_seconds: float, now: float | None = None, batch: int = 200) -> int:

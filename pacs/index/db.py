@@ -25,7 +25,7 @@ from .wal_sync import WalSync
 T = TypeVar("T")
 
 
-def _sqlite_pragmas(engine: Engine, synchronous: str) -> None:
+def _sqlite_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
@@ -91,7 +91,6 @@ class Database:
         self._gate: _WriterGate | None = None
         self._group: GroupCommitter | None = None
         self._wal: WalSync | None = None
-        self._leader_ticket = 0
         if self.is_sqlite:
             path = url.split("///", 1)[-1].split("?", 1)[0]
             on_disk = bool(path) and path != ":memory:"
@@ -101,7 +100,7 @@ class Database:
             if on_disk and sqlite_synchronous == "full":
                 self._wal = WalSync(path)
             self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2)
-            _sqlite_pragmas(self.engine, sqlite_synchronous)
+            _sqlite_pragmas(self.engine)
             self._shared: Connection | None = None
             self._group = GroupCommitter(self._write_shared, durable=self._leader_durable)
         else:
@@ -125,11 +124,12 @@ class Database:
         return self._transaction(self._kept_connection, durable=False)
 
     def _leader_durable(self) -> Callable[[], None] | None:
-        """What a unit of the batch just committed by :meth:`_write_shared` calls to wait
-        until that commit is on disk."""
+        """What a unit of the batch the leader has just committed (:meth:`_write_shared`)
+        calls to wait until that commit is on disk: the ticket is counted now, after the
+        commit returned, so any flush that starts later covers it."""
         if self._wal is None:
             return None
-        return partial(self._wal.wait_durable, self._leader_ticket)
+        return partial(self._wal.wait_durable, self._wal.committed())
 
     def _kept_connection(self) -> AbstractContextManager[Connection]:
         conn = self._shared
@@ -143,26 +143,23 @@ class Database:
         """A write transaction on the connection ``connect()`` gives once the writer gate
         (SQLite) is held; OperationalError (connecting included) becomes StorageUnavailable.
         With ``full`` durability on SQLite the WAL is flushed once the gate is released
-        (:mod:`pacs.index.wal_sync`), so the commit is durable when this returns; unless
-        ``durable`` is False: then the commit's ticket is left in ``_leader_ticket``."""
+        (:mod:`pacs.index.wal_sync`), so the commit is durable when this returns, unless
+        ``durable`` is False (the group committer's units wait themselves)."""
         gate = self._gate.held() if self._gate is not None else nullcontext()
         try:
             with gate, connect() as conn:
                 conn.execution_options(immediate=True)
                 with conn.begin():
                     yield conn
-                ticket = self._wal.committed() if self._wal is not None else 0
         except OperationalError as exc:
             raise StorageUnavailable("index database unavailable") from exc
-        if self._wal is not None:
-            if durable:
-                self._wal.wait_durable(ticket)
-            else:
-                self._leader_ticket = ticket
+        if durable:
+            self.sync_committed()
 
     def sync_committed(self) -> None:
-        """Make every commit so far durable, for writes made outside :meth:`write` (SQLite
-        with ``full`` durability: a WAL flush; otherwise nothing to do)."""
+        """Make every commit so far durable (SQLite with ``full`` durability: a WAL flush;
+        otherwise nothing to do). Write transactions do it themselves; call it after
+        writes made outside them (migrations)."""
         if self._wal is not None:
             self._wal.sync_after_commit()
 

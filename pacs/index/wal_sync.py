@@ -56,21 +56,26 @@ class WalSync:
                     self._cond.wait()
                     continue
                 self._syncing, target = True, self._commits
-                self._cond.release()
                 try:
-                    self._flush()
-                except OSError as exc:
-                    raise StorageUnavailable(f"index database cannot be flushed to disk: {exc.strerror or exc}") from exc
-                else:
-                    self._synced = max(self._synced, target)
+                    self._flush_unlocked()
+                    self._synced = target  # one flush at a time: targets only grow
                 finally:
-                    self._cond.acquire()
                     self._syncing = False
                     self._cond.notify_all()
 
     def sync_after_commit(self) -> None:
         """:meth:`committed` then :meth:`wait_durable`, for a commit that just returned."""
         self.wait_durable(self.committed())
+
+    def _flush_unlocked(self) -> None:
+        """:meth:`_flush` with the condition's lock released meanwhile (held on entry and on return)."""
+        self._cond.release()
+        try:
+            self._flush()
+        except OSError as exc:
+            raise StorageUnavailable(f"index database cannot be flushed to disk: {exc.strerror or exc}") from exc
+        finally:
+            self._cond.acquire()
 
     def _flush(self) -> None:
         try:
