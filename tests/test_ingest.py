@@ -13,7 +13,7 @@ from pydicom.encaps import generate_frames
 from sqlalchemy import func, insert, select
 
 from pacs.archive import Archive
-from pacs.errors import Conflict, DuplicateConflict, InvalidInstance
+from pacs.errors import Conflict, DuplicateConflict, InvalidInstance, StorageUnavailable
 from pacs.index.models import Event, Instance, Patient, PendingWrite, Series, Study
 
 from .factory import make_ct, to_bytes
@@ -294,6 +294,29 @@ def test_failed_index_transaction_leaves_nothing_after_the_sweep(archive: Archiv
     assert not list(Path(archive.incoming_dir).glob("*.dcm"))
     assert archive.ingest_bytes(data, source="test").status == "stored"  # and it can come again
     assert archive.store.exists(key)
+
+
+@pytest.mark.parametrize("rows", [16, 512], ids=["flushed-inline", "flushed-in-background"])
+def test_failed_flush_of_the_received_object_is_storage_unavailable(archive: Archive, monkeypatch, rows: int) -> None:
+    import errno
+
+    import pacs.ingest
+
+    data = to_bytes(make_ct(seed=12, rows=rows, columns=rows))
+    assert (len(data) > pacs.ingest.INLINE_FLUSH_BYTES) == (rows == 512)
+
+    def failing(path: str) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(pacs.ingest, "_flush", failing)
+    with pytest.raises(StorageUnavailable, match="cannot flush the received object"):
+        archive.ingest_bytes(data, source="test")
+    with archive.db.read() as conn:
+        assert conn.execute(select(func.count(Instance.id))).scalar() == 0
+    monkeypatch.undo()
+    archive.sweep_orphans(grace_seconds=0)  # the object may have been linked: it goes
+    assert not list(Path(archive.settings.resolved_storage_url).rglob("*.dcm"))
+    assert archive.ingest_bytes(data, source="test").status == "stored"
 
 
 def test_image_cut_before_its_pixel_data_is_refused(archive: Archive) -> None:
