@@ -12,13 +12,20 @@ commit order (see "A counter row orders the change feed" in docs/architecture.md
 
 Effects outside the index (HTTP messages) are enqueued in the outbox (:mod:`pacs.outbox`)
 by ``handle``, so they too happen once per event.
+
+A window with nothing for a consumer (nearly every window while studies arrive: they are
+``InstanceStored`` events, which no consumer wants) need not be written: with a
+:class:`Progress` a process remembers how far it has read and stores the cursor only with
+events to apply, or every :data:`SAVE_EVERY` seconds. Otherwise each poll of each consumer
+was a write transaction (and a disk flush) competing with ingest for the index's writer.
+Forgetting that position (a restart) only means reading those windows again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from sqlalchemy import Connection, insert, select, update
@@ -32,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Events read per transaction.
 BATCH = 200
+#: Seconds a process may keep a consumer's position in memory only (see the module doc).
+SAVE_EVERY = 10.0
 
 
 @dataclass(frozen=True)
@@ -57,35 +66,53 @@ def _cursor(db: Database, name: str) -> int:
     return 0
 
 
-def consume(db: Database, consumer: Consumer, batch: int = BATCH) -> int:
+@dataclass
+class Progress:
+    """Where one process has read to, past each consumer's stored cursor, finding nothing
+    for it; and when it last stored the cursor (monotonic seconds)."""
+
+    read_to: dict[str, int] = field(default_factory=dict)
+    saved_at: dict[str, float] = field(default_factory=dict)
+
+
+def consume(db: Database, consumer: Consumer, batch: int = BATCH, progress: Progress | None = None) -> int:
     """Apply the events after ``consumer``'s cursor, one batch; the number of events the
-    cursor moved past (0: nothing new, or another process applied this batch first)."""
-    old = _cursor(db, consumer.name)
+    cursor moved past (0: nothing new, or another process applied this batch first).
+    With ``progress``, a batch with nothing to apply may move only the remembered position."""
+    name = consumer.name
+    old = _cursor(db, name)
+    since = max(old, progress.read_to.get(name, 0)) if progress is not None else old
     # Only the consumer's own types are loaded: nearly every event is an InstanceStored,
     # which no consumer wants, and every process polls every consumer.
-    count, last, events = read_window(db, old, batch, {t.value for t in consumer.types})
+    count, last, events = read_window(db, since, batch, {t.value for t in consumer.types})
     if not count:
         return 0
+    now = time.monotonic()
+    if progress is not None and not events and now - progress.saved_at.setdefault(name, now) < SAVE_EVERY:
+        progress.read_to[name] = last
+        return count
     with db.write() as conn:
         moved = conn.execute(
-            update(EventCursor).where(EventCursor.name == consumer.name, EventCursor.last_id == old)
+            update(EventCursor).where(EventCursor.name == name, EventCursor.last_id == old)
             .values(last_id=last, updated_at=time.time())
         ).rowcount
-        if moved != 1:
+        if moved != 1:  # another process moved it: what it applied is unknown here
             return 0
         for event in events:
             consumer.handle(conn, event)
+    if progress is not None:
+        progress.read_to[name], progress.saved_at[name] = last, now
     return count
 
 
-def consume_all(db: Database, consumers: Iterable[Consumer]) -> int:
-    """Run each consumer until it has caught up; the number of events applied. A consumer
+def consume_all(db: Database, consumers: Iterable[Consumer], progress: Progress | None = None) -> int:
+    """Run each consumer until it has caught up; the number of events read. A consumer
     whose handler fails is logged and retried at the next call (its cursor did not move)."""
     total = 0
     for consumer in consumers:
         while True:
             try:
-                applied = consume(db, consumer)
+                applied = consume(db, consumer, progress=progress)
             except Exception:
                 log.exception("event consumer %s failed; it will retry", consumer.name)
                 break

@@ -20,7 +20,7 @@ from .archive import Archive
 from .balancer import Feed
 from .dimse.find import RESPONSES
 from .dimse.server import DimseServer
-from .consumers import Consumer, consume_all
+from .consumers import Consumer, Progress, consume_all
 from .errors import PacsError
 from .outbox_worker import OutboxSender
 from .query.run import SUBSETS
@@ -60,8 +60,9 @@ async def _stability_loop(archive: Archive) -> None:
 async def _consumer_loop(archive: Archive, consumers: list[Consumer], sender: OutboxSender | None = None) -> None:
     """Apply the event log to every registered consumer (pacs/consumers.py); wake the
     outbox sender when events were applied (their messages are due now)."""
+    progress = Progress()
     while True:
-        if await asyncio.to_thread(consume_all, archive.db, consumers) and sender is not None:
+        if await asyncio.to_thread(consume_all, archive.db, consumers, progress) and sender is not None:
             sender.wake()
         await asyncio.sleep(CONSUME_EVERY)
 

@@ -114,3 +114,38 @@ def test_consumer_reads_its_types_and_moves_past_the_others(archive: Archive) ->
     assert consume(archive.db, consumer, batch=BATCH) == 1
     assert seen == [("StudyStable", study)] and _cursor(archive.db, consumer.name) == ids[3]
     assert consume(archive.db, consumer) == 0  # caught up
+
+
+def test_consumer_progress_stores_the_cursor_only_with_events_to_apply(archive: Archive) -> None:
+    """With a Progress, windows with nothing for the consumer move only the position the
+    process remembers; the cursor is stored with the next events applied, or when
+    SAVE_EVERY has passed. A second process's stale memory applies nothing twice."""
+    from pacs.consumers import Consumer, Progress, _cursor, consume, consume_all
+    from pacs.events import EventType
+
+    seen: list[str] = []
+    consumer = Consumer("test-progress", frozenset({EventType.STUDY_STABLE}),
+                        lambda conn, event: seen.append(event.study_uid))
+    first, second = Progress(), Progress()
+    study = _store_study(archive, 1)  # 2 InstanceStored: nothing for the consumer
+    ids = [c.id for c in archive.changes(0, 100)]
+    assert consume(archive.db, consumer, progress=first) == 2
+    assert _cursor(archive.db, consumer.name) == 0 and first.read_to[consumer.name] == ids[-1]
+    assert consume(archive.db, consumer, progress=first) == 0  # read from memory: caught up
+    archive.sweep_stable(now=time.time() + 61)  # SeriesStable, StudyStable
+    stable_ids = [c.id for c in archive.changes(ids[-1], 100)]
+    assert consume(archive.db, consumer, progress=first) == 2  # from its memory: 2 events
+    assert seen == [study] and _cursor(archive.db, consumer.name) == stable_ids[-1]
+    # The other process read nothing yet: it starts from the stored cursor, applies nothing.
+    assert consume_all(archive.db, [consumer], second) == 0 and seen == [study]
+    other = _store_study(archive, 1)
+    assert consume(archive.db, consumer, progress=first) == 2
+    assert _cursor(archive.db, consumer.name) == stable_ids[-1]  # not stored yet
+    first.saved_at[consumer.name] -= 11  # SAVE_EVERY has passed: the next window stores it
+    third = _store_study(archive, 1)
+    assert consume(archive.db, consumer, progress=first) == 2
+    assert _cursor(archive.db, consumer.name) == archive.changes(0, 1000)[-1].id
+    assert consume(archive.db, consumer, progress=second) == 0 and seen == [study]
+    archive.sweep_stable(now=time.time() + 61)
+    assert consume_all(archive.db, [consumer], first) == 4 and sorted(seen) == sorted([study, other, third])
+    assert consume_all(archive.db, [consumer], second) == 0 and len(seen) == 3
