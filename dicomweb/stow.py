@@ -311,7 +311,8 @@ def ingest_part(archive: Archive, spool: Spool, tail: list[bytes | memoryview], 
         spool.close()
         handed = True
         result = archive.ingest_file(spool.path, source=SOURCE, consume=True,
-                                     sha256=spool.digest.hexdigest(), expected_study=study, caller=caller)
+                                     sha256=spool.digest.hexdigest(), expected_study=study, caller=caller,
+                                     flush_in_background=False)  # parts are ingested PIPELINE at a time
         return PartOutcome(result.sop_class_uid, result.sop_instance_uid, result=result)
     except PacsError as exc:
         code, reason = exc.dimse_status, exc.reason

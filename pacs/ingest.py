@@ -89,10 +89,10 @@ def _flush(path: str) -> None:
         os.close(fd)
 
 
-def _start_flush(path: str, size: int) -> Future:
-    """The fsync of a received object of ``size`` bytes: done here for a small one, else
-    started in the background while ingest parses it."""
-    if size > INLINE_FLUSH_BYTES:
+def _start_flush(path: str, size: int, background: bool) -> Future:
+    """The fsync of a received object of ``size`` bytes: started in the background while
+    ingest parses it when ``background`` and the object is large, else done here."""
+    if background and size > INLINE_FLUSH_BYTES:
         return _FLUSHER.submit(_flush, path)
     done: Future = Future()
     try:
@@ -138,13 +138,17 @@ def ingest_file(
     consume: bool = False,
     sha256: str | None = None,
     caller: Caller = SYSTEM,
+    flush_in_background: bool = True,
 ) -> IngestResult:
     """Ingest the Part 10 file at ``path``. With ``consume`` the file is ours to remove;
     it must then lie in the archive's incoming folder (the spool, see module doc).
     ``sha256``: the file's digest when the caller computed it while writing the file.
     ``expected_study``: refuse an instance of another study (STOW-RS to /studies/{study})
     before anything is written. ``caller`` needs the scope of ``source`` (pacs/access.py)
-    and, when confined to a study, the object must be of that study."""
+    and, when confined to a study, the object must be of that study.
+    ``flush_in_background``: a large object's fsync overlaps its parse in a flusher thread;
+    False when the caller already ingests several objects at once (STOW-RS parts), where
+    that hand-off only adds thread wake-ups."""
     started = time.perf_counter()
     try:
         require(caller, ingest_scope(source))
@@ -156,7 +160,7 @@ def ingest_file(
     flushing: Future | None = None
     try:
         size = os.path.getsize(spool.path)
-        flushing = _start_flush(spool.path, size)
+        flushing = _start_flush(spool.path, size, flush_in_background)
         with open(spool.path, "rb") as fp:
             parsed = parse_instance(fp, size)
         if expected_sop_class and parsed.sop_class_uid != expected_sop_class:

@@ -296,21 +296,32 @@ def test_failed_index_transaction_leaves_nothing_after_the_sweep(archive: Archiv
     assert archive.store.exists(key)
 
 
-@pytest.mark.parametrize("rows", [16, 512], ids=["flushed-inline", "flushed-in-background"])
-def test_failed_flush_of_the_received_object_is_storage_unavailable(archive: Archive, monkeypatch, rows: int) -> None:
+@pytest.mark.parametrize("rows, background", [(16, True), (512, True), (512, False)],
+                         ids=["small", "large-in-background", "large-inline"])
+def test_failed_flush_of_the_received_object_is_storage_unavailable(
+    archive: Archive, monkeypatch, rows: int, background: bool,
+) -> None:
     import errno
+    import threading
 
     import pacs.ingest
 
     data = to_bytes(make_ct(seed=12, rows=rows, columns=rows))
     assert (len(data) > pacs.ingest.INLINE_FLUSH_BYTES) == (rows == 512)
+    flushed_by: list[str] = []
 
     def failing(path: str) -> None:
+        flushed_by.append(threading.current_thread().name)
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(pacs.ingest, "_flush", failing)
+    spool = Path(archive.incoming_dir) / "received.dcm"
+    spool.write_bytes(data)
     with pytest.raises(StorageUnavailable, match="cannot flush the received object"):
-        archive.ingest_bytes(data, source="test")
+        archive.ingest_file(spool, source="test", consume=True, flush_in_background=background)
+    in_background = rows == 512 and background
+    assert len(flushed_by) == 1
+    assert flushed_by[0].startswith("ingest-fsync") if in_background else flushed_by == [threading.current_thread().name]
     with archive.db.read() as conn:
         assert conn.execute(select(func.count(Instance.id))).scalar() == 0
     monkeypatch.undo()
