@@ -23,6 +23,7 @@ two different objects under one SOP Instance UID never overwrite each other's by
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -137,12 +138,15 @@ def ingest_file(
     expected_study: str | None = None,
     consume: bool = False,
     sha256: str | None = None,
+    content: bytes | None = None,
     caller: Caller = SYSTEM,
     flush_in_background: bool = True,
 ) -> IngestResult:
     """Ingest the Part 10 file at ``path``. With ``consume`` the file is ours to remove;
     it must then lie in the archive's incoming folder (the spool, see module doc).
     ``sha256``: the file's digest when the caller computed it while writing the file.
+    ``content``: the file's bytes when the caller still holds them (a small object received
+    over DIMSE): its header is parsed from them instead of read back from the file.
     ``expected_study``: refuse an instance of another study (STOW-RS to /studies/{study})
     before anything is written. ``caller`` needs the scope of ``source`` (pacs/access.py)
     and, when confined to a study, the object must be of that study.
@@ -159,9 +163,9 @@ def ingest_file(
     spool = _Spool(os.fspath(path) if consume else _spool_copy(archive, os.fspath(path)))
     flushing: Future | None = None
     try:
-        size = os.path.getsize(spool.path)
+        size = os.path.getsize(spool.path) if content is None else len(content)
         flushing = _start_flush(spool.path, size, flush_in_background)
-        with open(spool.path, "rb") as fp:
+        with open(spool.path, "rb") if content is None else io.BytesIO(content) as fp:
             parsed = parse_instance(fp, size)
         if expected_sop_class and parsed.sop_class_uid != expected_sop_class:
             raise SOPClassMismatch("SOPClassUID differs from the negotiated SOP class")

@@ -238,3 +238,23 @@ def test_index_failure_after_the_object_write_is_cleaned_by_the_sweep(server: Th
     assert archive.sweep_orphans(grace_seconds=0) == 1
     assert not [p for p in Path(archive.store.root).rglob("*.dcm") if ".tmp" not in p.parts]
     assert not list(Path(archive.incoming_dir).glob("*.dcm"))
+
+
+@pytest.mark.parametrize("size", [100, (64 << 10) - 400, 300 << 10])
+def test_file_spool_keeps_a_small_object_in_memory(tmp_path, size: int) -> None:
+    """What FileSpool.content gives ingest (parsed from memory) equals the file written;
+    above KEEP_BYTES it is None (the file is read instead)."""
+    from pacs.dimse.spool import KEEP_BYTES, FileSpool
+
+    meta = b"\0" * 128 + b"DICM" + bytes(range(200))
+    data = bytes(i % 251 for i in range(size))
+    spool = FileSpool(str(tmp_path), meta)
+    receive_buffer = bytearray(16 << 10)
+    for start in range(0, size, len(receive_buffer)):  # views of one reused buffer, as received
+        piece = data[start:start + len(receive_buffer)]
+        receive_buffer[:len(piece)] = piece
+        spool.write(memoryview(receive_buffer)[:len(piece)])
+    spool.close()
+    written = Path(spool.path).read_bytes()
+    assert written == meta + data
+    assert spool.content == (written if len(written) <= KEEP_BYTES else None)

@@ -88,3 +88,47 @@ def test_message_on_a_context_never_accepted_is_aborted(server: ThreadedServer) 
 def test_silent_connection_does_not_block_others(server: ThreadedServer) -> None:
     with socket.create_connection(("127.0.0.1", server.dimse_port)):
         assert echo(server.dimse_port)  # a load balancer's TCP probe holds no one up
+
+
+def _echo_rq(message_id: int) -> bytes:
+    return command.encode_command({
+        command.AFFECTED_SOP_CLASS: VERIFICATION, command.COMMAND_FIELD: command.C_ECHO_RQ,
+        command.MESSAGE_ID: message_id, command.DATASET_TYPE: command.NO_DATASET,
+    })
+
+
+def _echo_answers(assoc: StoreAssociation, count: int) -> list[tuple[int, int]]:
+    """(message id responded, status) of the next ``count`` responses."""
+    answers = []
+    for _ in range(count):
+        _, body = assoc._read_pdu()
+        (_, _, value), = list(pdu.iter_pdvs(body))
+        answer = command.Command.decode(value)
+        answers.append((answer.us(command.MESSAGE_ID_RESPONDED), answer.us(command.STATUS)))
+    return answers
+
+
+def test_several_pdus_in_one_segment_are_each_answered(server: ThreadedServer) -> None:
+    # The server receives up to 64 KiB at a time: PDUs that arrive together are taken
+    # one after the other from what was received.
+    assoc = _associate(server)
+    context = assoc.accepted[0].context_id
+    burst = b"".join(pdu.p_data_header(context, pdu.COMMAND | pdu.LAST, len(rq)) + rq
+                     for rq in map(_echo_rq, (1, 2, 3)))
+    assert assoc._sock is not None
+    assoc._sock.sendall(burst)
+    assert _echo_answers(assoc, 3) == [(1, 0), (2, 0), (3, 0)]
+    assoc.release()
+
+
+def test_pdus_split_at_every_byte_are_reassembled(server: ThreadedServer) -> None:
+    assoc = _associate(server)
+    context = assoc.accepted[0].context_id
+    stream = b"".join(pdu.p_data_header(context, pdu.COMMAND | pdu.LAST, len(rq)) + rq
+                      for rq in map(_echo_rq, (7, 8)))
+    assert assoc._sock is not None
+    assoc._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(len(stream)):
+        assoc._sock.send(stream[i:i + 1])
+    assert _echo_answers(assoc, 2) == [(7, 0), (8, 0)]
+    assoc.release()

@@ -50,6 +50,9 @@ UNLIMITED_PDV = 1 << 20
 DEFERRED_BYTES = 64 << 10
 #: ARTIM timer (PS3.8 9.1.5): how long a rejected or released requestor has to close.
 ARTIM_SECONDS = 5.0
+#: Bytes asked of the socket per receive call; a PDU body above half of it is received
+#: into a buffer of its own instead (see :meth:`Association._take`).
+RECEIVE_BUFFER = 64 << 10
 
 
 class AssociationClosed(Exception):
@@ -112,10 +115,17 @@ class Association:
         self._current: Message | None = None
         self._cancelled: set[int] = set()
         self._header = bytearray(6)
-        # PDU bodies are received into this buffer, reused while large enough: a fresh
-        # bytearray per PDU cost an allocation and a zero-fill of up to max PDU bytes.
+        # Bytes are received RECEIVE_BUFFER at a time into ``_inbox`` (``_in_start`` to
+        # ``_in_end`` not yet taken), so that a small message's PDUs (command and data
+        # set) come in one or two receive calls instead of a header and a body call
+        # each: every call lets the interpreter lock go to another thread and back.
+        self._inbox = bytearray(RECEIVE_BUFFER)
+        self._in_start = self._in_end = 0
+        self._received = False  # whether reading the current PDU called the socket
+        # Larger PDU bodies are received straight into this buffer, reused while large
+        # enough: a fresh bytearray per PDU cost an allocation and a zero-fill of up to
+        # max PDU bytes. It keeps the size of the largest such PDU (at most PACS_MAX_PDU_SIZE).
         # What is read from a body is copied or written out before the next PDU is read.
-        # It keeps the size of the largest PDU received (at most PACS_MAX_PDU_SIZE).
         self._body = bytearray(64 << 10)
         self._outbox: list[bytes | memoryview] = []
         self._outbox_bytes = 0
@@ -213,7 +223,10 @@ class Association:
         return message_id in self._cancelled
 
     def _readable(self) -> bool:
-        """Whether a read would not block: TLS records already decrypted count too."""
+        """Whether a read would not block: bytes received but not yet taken, and TLS
+        records already decrypted, count too."""
+        if self._in_end > self._in_start:
+            return True
         if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
             return True
         return bool(select.select([self.sock], [], [], 0)[0])
@@ -239,16 +252,17 @@ class Association:
             self._cancelled.add(message.command.us(MESSAGE_ID_RESPONDED, 0) or 0)
 
     def _read_pdu(self, limit: int | None = None) -> tuple[int, memoryview]:
-        self._recv_into(memoryview(self._header))
+        """The next PDU's type and body (PS3.8 9.3.1); the body is valid until the next call."""
+        self._received = False
+        self._header[:] = self._take(6)
         kind, length = pdu.pdu_header(self._header)
         if length > (limit or self.config.max_pdu + 1024):
             raise ProtocolError(f"PDU of {length} bytes exceeds the negotiated maximum",
                                 pdu.REASON_INVALID_PARAMETER)
-        if length > len(self._body):
-            self._body = bytearray(length)  # a new buffer: views of the old one may live on
-        body = memoryview(self._body)[:length]
-        self._recv_into(body)
-        if _QUICKACK is not None:  # a peer with Nagle on must not wait ~40 ms for our ACK
+        body = self._take(length)
+        # A peer with Nagle on must not wait ~40 ms for our ACK; the kernel clears the
+        # flag again after a while, so it is set after every read from the socket.
+        if _QUICKACK is not None and self._received:
             try:
                 self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
             except OSError:
@@ -263,7 +277,33 @@ class Association:
             raise AssociationClosed("released")
         return kind, body
 
+    def _take(self, size: int) -> memoryview:
+        """The next ``size`` bytes from the peer, valid until the next call."""
+        start, held = self._in_start, self._in_end - self._in_start
+        if held >= size:
+            self._in_start = start + size
+            return memoryview(self._inbox)[start:start + size]
+        if size > RECEIVE_BUFFER // 2:  # a large body: straight into its own buffer
+            if size > len(self._body):
+                self._body = bytearray(size)  # a new buffer: views of the old one may live on
+            body = memoryview(self._body)[:size]
+            body[:held] = memoryview(self._inbox)[start:self._in_end]
+            self._in_start = self._in_end = 0
+            self._recv_into(body[held:])
+            return body
+        inbox = memoryview(self._inbox)
+        inbox[:held] = inbox[start:self._in_end]  # what was held moves to the front
+        while held < size:
+            count = self.sock.recv_into(inbox[held:])
+            if not count:
+                raise AssociationClosed("connection closed by the peer")
+            held += count
+            self._received = True
+        self._in_start, self._in_end = size, held
+        return inbox[:size]
+
     def _recv_into(self, view: memoryview) -> None:
+        self._received = True
         received = 0
         while received < len(view):
             count = self.sock.recv_into(view[received:])

@@ -57,7 +57,8 @@ def _store(request: DimseRequest) -> Status:
         result = request.archive.ingest_file(
             request.dataset_path, source="dimse", calling_ae=calling,
             expected_sop_class=request.sop_class, consume=True,
-            sha256=getattr(spool, "sha256", None), caller=Caller.for_ae(calling, "write"),
+            sha256=getattr(spool, "sha256", None), content=getattr(spool, "content", None),
+            caller=Caller.for_ae(calling, "write"),
         )
     except PacsError as exc:
         log.info("C-STORE from %s refused: %s (0x%04X)", calling, exc.reason, exc.dimse_status)

@@ -80,6 +80,10 @@ def _write_all(fd: int, parts: list[memoryview | bytes]) -> None:
             views[0] = views[0][written:]
 
 
+#: A received object up to this size is also kept in memory (:attr:`FileSpool.content`).
+KEEP_BYTES = 64 << 10
+
+
 class FileSpool:
     """A C-STORE data set written after its File Meta Information to a file in ``folder``."""
 
@@ -97,12 +101,28 @@ class FileSpool:
         self._meta: bytes | None = meta
         # Hashed as it arrives, so ingest need not read the object again for its key.
         self._digest = hashlib.sha256(meta)
+        # A copy of a small object's bytes, so ingest need not read the file back either:
+        # it parses them from memory (each system call spent there let another thread have
+        # the interpreter lock, and took it back). None once the object outgrows KEEP_BYTES.
+        self._kept: list[bytes] | None = [meta]
+        self._kept_size = len(meta)
 
     def write(self, chunk: memoryview | bytes) -> None:
         parts = [chunk] if self._meta is None else [self._meta, chunk]
         self._meta = None
         _write_all(self._fd, parts)
         self._digest.update(chunk)
+        if self._kept is not None:
+            self._kept_size += len(chunk)
+            if self._kept_size > KEEP_BYTES:
+                self._kept = None
+            else:  # chunk is a view of the receive buffer, which the next PDU overwrites
+                self._kept.append(bytes(chunk))
+
+    @property
+    def content(self) -> bytes | None:
+        """The file's bytes, for an object of at most :data:`KEEP_BYTES`; else None."""
+        return None if self._kept is None else b"".join(self._kept)
 
     @property
     def sha256(self) -> str:
