@@ -82,6 +82,15 @@ _PIXEL_KEYS = {"Rows": "00280010", "Columns": "00280011", "BitsAllocated": "0028
 
 #: Objects parsed here, declined to the reference, and failed here (a bug: also declined).
 counts = {"fast": 0, "declined": 0, "failed": 0}
+#: DICOM JSON of recently seen elements, by their encoded bytes (header and value), the
+#: character set and the VR encoding, which decide it: the instances of a series repeat
+#: most of their attributes (patient, study, equipment, acquisition), so most elements
+#: are converted once per series, not once per instance. Emptied when full. The
+#: attribute dicts are shared: nothing may change them after the parse.
+_ELEMENTS: dict[tuple[bytes, str, bool], tuple[str, dict[str, Any]]] = {}
+ELEMENTS_KEPT = 4096
+#: Longer elements are converted every time (they rarely repeat and would crowd the cache).
+ELEMENT_CACHED_BYTES = 256
 
 
 class Declined(Exception):
@@ -314,18 +323,35 @@ class _Walker:
             elif length > BULK_LIMIT and vr in _BINARY_VRS:
                 out[f"{tag:08X}"] = self.bulk_uri(vr, pos, length)
             else:
-                try:  # the reference's converter: None or an error leaves the value to pydicom
-                    value = buf[pos:pos + length]
-                    attribute = raw_value_json(tag, vr, length, value, codec, True, BULK_LIMIT)
-                except Exception as exc:  # noqa: BLE001 - e.g. UnicodeDecodeError
-                    raise Declined(f"({tag:08X}) {vr} value left to pydicom: {exc}") from exc
-                if attribute is None:
-                    raise Declined(f"({tag:08X}) {vr} value left to pydicom")
-                out[f"{tag:08X}"] = attribute
+                key, attribute = self.element(buf, start, tag, vr, pos, length, codec)
+                out[key] = attribute
             pos += length
         if end is None and not top:
             raise Declined("item without its delimitation item")
         return out, pos
+
+    def element(self, buf: bytes, start: int, tag: int, vr: str, pos: int, length: int,
+                codec: str) -> tuple[str, dict[str, Any]]:
+        """The JSON key and attribute of the element from ``start`` to the end of its value
+        at ``pos + length``, by the reference's converter; from :data:`_ELEMENTS` when seen."""
+        cacheable = pos + length - start <= ELEMENT_CACHED_BYTES
+        if cacheable:
+            cache_key = (buf[start:pos + length], codec, self.explicit)
+            seen = _ELEMENTS.get(cache_key)
+            if seen is not None:
+                return seen
+        try:  # the reference's converter: None or an error leaves the value to pydicom
+            attribute = raw_value_json(tag, vr, length, buf[pos:pos + length], codec, True, BULK_LIMIT)
+        except Exception as exc:  # noqa: BLE001 - e.g. UnicodeDecodeError
+            raise Declined(f"({tag:08X}) {vr} value left to pydicom: {exc}") from exc
+        if attribute is None:
+            raise Declined(f"({tag:08X}) {vr} value left to pydicom")
+        converted = f"{tag:08X}", attribute
+        if cacheable:
+            if len(_ELEMENTS) >= ELEMENTS_KEPT:
+                _ELEMENTS.clear()
+            _ELEMENTS[cache_key] = converted
+        return converted
 
     def sequence_element(self, tag: int, vr: str, pos: int, length: int, stop: int,
                          codec: str) -> tuple[dict, int]:

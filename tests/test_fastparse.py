@@ -513,3 +513,33 @@ def test_bulk_ranges_point_at_the_values(undefined: bool) -> None:
     located = [r for r in parsed.bulk_ranges if r != [-1, 0]]
     assert all(data[o:o + n] in values for o, n in located)
     assert (len(located) == len(values)) is undefined  # defined length: the nested one unknown
+
+
+def test_element_cache_keys_on_the_character_set_and_vr_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repeated elements come from the cache of converted elements: the same bytes decoded
+    under another character set, or read in the other VR encoding, are converted again."""
+    monkeypatch.setattr(fastparse, "_ELEMENTS", {})
+    utf8 = "Müller^Zoë".encode()
+    ds_latin, ds_utf8 = (_charset(term, "x", "y") for term in ("ISO_IR 100", "ISO_IR 192"))
+    for ds in (ds_latin, ds_utf8):  # the same bytes in both: UTF-8 text read as Latin-1 too
+        ds["PatientName"].value = utf8.decode("latin-1") if ds is ds_latin else utf8.decode()
+    first, second = to_bytes(ds_latin), to_bytes(ds_utf8)
+    assert utf8 in first and utf8 in second
+    for data in (first, second, first, second):  # cold, then warm cache
+        assert check(data, True)
+    parsed = [fastparse.try_fast_parse(io.BytesIO(d), len(d)) for d in (first, second)]
+    assert parsed[0] is not None and parsed[1] is not None
+    assert parsed[0].patient["patient_name"] == "MÃ¼ller^ZoÃ«"
+    assert parsed[1].patient["patient_name"] == "Müller^Zoë"
+    assert len(fastparse._ELEMENTS) > 0
+    explicit, implicit = to_bytes(make_ct(seed=3)), to_bytes(_implicit(make_ct(seed=3)))
+    for data in (explicit, implicit, explicit, implicit):
+        assert check(data, True)
+
+
+def test_element_cache_is_emptied_when_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastparse, "_ELEMENTS", {})
+    monkeypatch.setattr(fastparse, "ELEMENTS_KEPT", 10)
+    for seed in range(3):
+        assert check(to_bytes(make_ct(seed=seed)), True)
+        assert 0 < len(fastparse._ELEMENTS) <= 10
