@@ -34,7 +34,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -53,6 +52,7 @@ from pacs.errors import (
     Conflict, MalformedRequest, NotAcceptable, PacsError, PayloadTooLarge, StorageUnavailable,
     UnsupportedMediaType,
 )
+from pacs.incoming import create_spool_file
 from pacs.ingest import IngestResult
 from pacs.uids import lenient_uid, validate_uid
 from pacs.web import ARCHIVE, run_blocking
@@ -219,7 +219,7 @@ class Spool:
     def write(self, chunks: list[bytes | memoryview]) -> None:
         """Append ``chunks`` (blocking; the file is created on the first call)."""
         if self._fp is None:
-            fd, self.path = tempfile.mkstemp(suffix=".dcm", dir=self.folder)
+            fd, self.path = create_spool_file(self.folder)
             self._fp = os.fdopen(fd, "wb")
         for chunk in chunks:
             self._fp.write(chunk)

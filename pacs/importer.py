@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from .archive import Archive
 from .errors import PacsError
+from .incoming import create_spool_file
 
 
 @dataclass
@@ -67,7 +67,7 @@ def iter_items(paths: list[str]) -> Iterator[ImportItem]:
 def _import_one(archive: Archive, item: ImportItem) -> tuple[str, str]:
     try:
         if item.member:
-            fd, tmp = tempfile.mkstemp(suffix=".dcm", dir=archive.incoming_dir)
+            fd, tmp = create_spool_file(archive.incoming_dir)
             with os.fdopen(fd, "wb") as out, zipfile.ZipFile(item.path) as zf, zf.open(item.member) as src:
                 shutil.copyfileobj(src, out, 1 << 20)
             result = archive.ingest_file(tmp, source="import", consume=True)

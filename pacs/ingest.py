@@ -27,7 +27,6 @@ import io
 import logging
 import os
 import shutil
-import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from . import metrics
 from .access import SYSTEM, Caller, ingest_scope, require
 from .errors import Conflict, DuplicateConflict, PacsError, SOPClassMismatch, StorageUnavailable, StudyMismatch
 from .events import EventType, append_event
+from .incoming import create_spool_file
 from .index import direct
 from .index.models import Instance, PendingWrite, Series, Study
 from .index.summary import write_summary
@@ -199,7 +199,7 @@ class _Spool:
 
 def _spool_copy(archive: Archive, path: str) -> str:
     """A copy of a caller's file in the incoming folder (the caller's file stays)."""
-    fd, copy = tempfile.mkstemp(suffix=".dcm", dir=archive.incoming_dir)
+    fd, copy = create_spool_file(archive.incoming_dir)
     os.close(fd)
     try:
         shutil.copyfile(path, copy)
@@ -219,7 +219,7 @@ def _unlink_quietly(path: str) -> None:
 def ingest_bytes(archive: Archive, data: bytes, *, source: str, calling_ae: str = "",
                  caller: Caller = SYSTEM) -> IngestResult:
     """Ingest an object held in memory (small objects, tests): spooled to the temp dir."""
-    fd, path = tempfile.mkstemp(suffix=".dcm", dir=archive.incoming_dir)
+    fd, path = create_spool_file(archive.incoming_dir)
     with os.fdopen(fd, "wb") as fp:
         fp.write(data)
     return ingest_file(archive, path, source=source, calling_ae=calling_ae, consume=True, caller=caller)
@@ -228,7 +228,7 @@ def ingest_bytes(archive: Archive, data: bytes, *, source: str, calling_ae: str 
 def ingest_dataset(archive: Archive, ds: Dataset, *, source: str, caller: Caller = SYSTEM) -> IngestResult:
     """Ingest a data set the archive made itself (a report's or an AI engine's SR): written
     as Part 10 straight into a spool file, then the one ingest path."""
-    fd, path = tempfile.mkstemp(suffix=".dcm", dir=archive.incoming_dir)
+    fd, path = create_spool_file(archive.incoming_dir)
     try:
         with os.fdopen(fd, "wb") as fp:
             dcmwrite(fp, ds, enforce_file_format=True)

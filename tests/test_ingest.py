@@ -473,3 +473,23 @@ def test_series_deleted_behind_the_series_cache_is_created_again(
     assert sops == [gone + ".2"]
     assert series.num_instances == 1
     assert _study(archive, study).num_instances == 2
+
+
+def test_spool_files_get_new_names_and_skip_leftovers(tmp_path: Path, monkeypatch) -> None:
+    import itertools
+    import os
+    import stat
+
+    from pacs import incoming
+
+    monkeypatch.setattr(incoming, "_numbers", itertools.count(5))
+    leftover = tmp_path / f"{os.getpid()}-5.dcm"  # an earlier process with this pid left it
+    leftover.write_bytes(b"old")
+    made = [incoming.create_spool_file(tmp_path) for _ in range(3)]
+    for fd, _ in made:
+        os.write(fd, b"new")
+        os.close(fd)
+    paths = [Path(path) for _, path in made]
+    assert [p.name for p in paths] == [f"{os.getpid()}-{n}.dcm" for n in (6, 7, 8)]
+    assert leftover.read_bytes() == b"old" and all(p.read_bytes() == b"new" for p in paths)
+    assert stat.S_IMODE(paths[0].stat().st_mode) == 0o600

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import tempfile
 
+from ..incoming import create_spool_file
 from .pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, uid_value
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
@@ -94,7 +94,7 @@ class FileSpool:
     consumed = False
 
     def __init__(self, folder: str, meta: bytes) -> None:
-        self._fd, self.path = tempfile.mkstemp(suffix=".dcm", dir=folder)
+        self._fd, self.path = create_spool_file(folder)
         # Written with the first chunk, in one system call. The file is unbuffered: the
         # chunks are whole PDV values (kilobytes to megabytes), and a buffered writer's
         # extra copy of each cost more than the system calls it saves.
