@@ -102,9 +102,10 @@ async def run_clients(url: str, data: DataSet, clients: int, batch: int) -> tupl
 def measure(server: ServerProcess, data: DataSet, clients: int, batch: int) -> dict[str, Any]:
     """Send the data set; the server must be running and ready."""
     url = f"http://127.0.0.1:{server.http_port}/dicom-web/studies"
-    cpu_before = server.cpu_seconds()
+    cpu_before, client_before = server.cpu_seconds(), time.process_time()
     seconds, acknowledged, problems = asyncio.run(run_clients(url, data, clients, batch))
     server_cpu = server.cpu_seconds() - cpu_before
+    client_cpu = time.process_time() - client_before  # the clients run in this process
     stored = server.stored_count()
     if stored != data.count or acknowledged != data.count:
         problems.append(f"acknowledged {acknowledged}, server stored {stored} of {data.count}")
@@ -114,6 +115,7 @@ def measure(server: ServerProcess, data: DataSet, clients: int, batch: int) -> d
         "seconds": round(seconds, 3), "rate": round(rate, 1),
         "mb_per_s": round(data.total_bytes / seconds / 1e6, 1),
         "cpu_ms_per_instance": round(server_cpu * 1000 / data.count, 3),
+        "client_cpu_ms_per_instance": round(client_cpu * 1000 / data.count, 3),
         "peak_rss_mb": round(server.peak_rss_mb(), 1), "stored": stored,
         "target": target, "meets_target": None if target is None else rate >= target,
         "ok": not problems, "error": "; ".join(problems[:5]) or None,
@@ -141,13 +143,15 @@ def run_once(args: argparse.Namespace, data: DataSet, clients: int, batch: int) 
 
 def table(records: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
-    lines = ["| server | dataset | clients | inst/request | seconds | inst/s | MB/s | srv cpu ms/inst | peak RSS MB | target |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| server | dataset | clients | inst/request | seconds | inst/s | MB/s | srv cpu ms/inst | cli cpu ms/inst "
+             "| peak RSS MB | target |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in records:
         verdict = "-" if r.get("target") is None else (
             f"≥{r['target']:.0f}: {'met' if r.get('meets_target') else 'MISSED'}")
         lines.append(f"| {r.get('server', 'pacs')} | {r['dataset']} | {r['clients']} | {r['batch']} | {r.get('seconds', '-')} | "
                      f"{r.get('rate', '-')} | {r.get('mb_per_s', '-')} | {r.get('cpu_ms_per_instance', '-')} | "
+                     f"{r.get('client_cpu_ms_per_instance', '-')} | "
                      f"{r.get('peak_rss_mb', '-')} | {verdict if r['ok'] else 'ERROR'} |")
     return "\n".join(lines)
 
