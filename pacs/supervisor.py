@@ -33,7 +33,9 @@ def _migrate(settings: Settings) -> None:
     Archive(settings).close()
 
 
-def _worker(settings: Settings, channel: socket.socket) -> None:
+def _worker(settings: Settings, channel: socket.socket, cpu: int | None) -> None:
+    if cpu is not None:  # before any thread starts: the threads inherit it
+        os.sched_setaffinity(0, {cpu})
     from .worker import worker_main
 
     worker_main(settings, channel)
@@ -72,7 +74,7 @@ class Supervisor:
         assert self.balancer is not None
         channel = self.balancer.attach(slot)
         try:
-            return self._start(_worker, channel)
+            return self._start(_worker, channel, self.settings.worker_cpus()[slot])
         finally:
             channel.close()  # the worker holds its own copy now
 

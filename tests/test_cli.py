@@ -125,6 +125,17 @@ def test_workers_default_to_one_per_usable_core() -> None:
     assert load_settings(env={"PACS_WORKERS": "1"}).process_count == 1
 
 
+def test_workers_are_pinned_to_cores_only_when_there_are_enough(monkeypatch) -> None:
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 1, 2, 0})
+    assert load_settings(env={"PACS_WORKERS": "2"}).worker_cpus() == [0, 1]
+    assert load_settings(env={"PACS_WORKERS": "0"}).worker_cpus() == [0, 1, 2, 3]
+    assert load_settings(env={"PACS_WORKERS": "5"}).worker_cpus() == [None] * 5  # more workers than cores
+    assert load_settings(env={"PACS_WORKERS": "1"}).worker_cpus() == [None]
+    assert load_settings(env={"PACS_WORKERS": "2", "PACS_PIN_WORKERS": "false"}).worker_cpus() == [None, None]
+
+
 def test_unknown_setting_in_file_rejected(tmp_path: Path) -> None:
     config = tmp_path / "pacs.toml"
     config.write_text("dimse_prot = 1\n")

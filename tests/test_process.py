@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -197,6 +198,31 @@ def test_workers_shut_down_when_the_supervisor_is_killed(tmp_path: Path, databas
     _until(lambda: not any(_alive(pid) for pid in workers))
     assert not any(_alive(pid) for pid in workers)
     assert "the supervisor is gone; this worker shuts down" in server.log_path.read_text()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_each_worker_keeps_to_its_own_core(tmp_path: Path, database_url: str) -> None:
+    """PACS_PIN_WORKERS (default on): worker N and every thread it starts stay on the Nth
+    core; with it off, placement is the kernel's."""
+    cores = sorted(os.sched_getaffinity(0))
+    for pin, expected in (("true", [{cores[0]}, {cores[1]}]), ("false", [set(cores), set(cores)])):
+        (tmp_path / pin).mkdir()
+        server = ProcessServer(_env(tmp_path / pin, database_url, PACS_WORKERS="2", PACS_PIN_WORKERS=pin),
+                               tmp_path / pin).start()
+        assert server.proc is not None
+        _until(lambda: _listening(server) >= 2)
+        workers = [pid for pid in _children(server.proc.pid)  # not multiprocessing's resource tracker
+                   if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(workers) == 2
+        placed = []
+        for pid in workers:
+            threads = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+            assert len(threads) > 1
+            affinities = {frozenset(os.sched_getaffinity(t)) for t in threads}
+            assert len(affinities) == 1, affinities  # every thread of a worker alike
+            placed.append(set(affinities.pop()))
+        assert sorted(placed, key=sorted) == expected
+        assert server.terminate() == 0
 
 
 def test_a_killed_worker_is_replaced_and_connections_go_on(tmp_path: Path, database_url: str) -> None:
