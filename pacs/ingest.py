@@ -3,7 +3,8 @@
 Order of work (DESIGN.md "One ingest path"):
 
 0. the object is spooled to a file in the archive's incoming folder (DIMSE receives
-   into it; other callers' files are copied) and fsynced in the background;
+   into it; other callers' files are copied) and fsynced (a large one received over
+   DIMSE in the background, while 1-2 run);
 1. parse the header only and validate (UIDs present and well formed, SOP class as
    negotiated);
 2. hash the bytes; an identical re-send is answered as stored and changes nothing;
