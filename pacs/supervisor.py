@@ -35,7 +35,10 @@ def _migrate(settings: Settings) -> None:
 
 def _worker(settings: Settings, channel: socket.socket, cpu: int | None) -> None:
     if cpu is not None:  # before any thread starts: the threads inherit it
-        os.sched_setaffinity(0, {cpu})
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError as exc:  # e.g. the core left this process's cpuset meanwhile
+            log.warning("worker not kept to core %d: %s", cpu, exc.strerror or exc)
     from .worker import worker_main
 
     worker_main(settings, channel)

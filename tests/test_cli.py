@@ -149,3 +149,17 @@ def test_every_setting_is_documented() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     missing = [name for name, _, _ in settings_reference() if f"`{name}`" not in doc]
     assert not missing
+
+
+def test_a_worker_that_cannot_keep_to_its_core_runs_anyway(monkeypatch, caplog) -> None:
+    import os
+
+    import pacs.worker
+    from pacs import supervisor
+
+    ran = []
+    monkeypatch.setattr(pacs.worker, "worker_main", lambda settings, channel: ran.append(channel))
+    before = os.sched_getaffinity(0)
+    supervisor._worker(load_settings(env={}), "channel", 1 << 20)  # no such core
+    assert ran == ["channel"] and os.sched_getaffinity(0) == before
+    assert "worker not kept to core" in caplog.text
