@@ -91,26 +91,30 @@ def _flush(path: str) -> None:
         os.close(fd)
 
 
-def _start_flush(path: str, size: int, background: bool) -> Future:
+def _start_flush(path: str, size: int, background: bool) -> Future | None:
     """The fsync of a received object of ``size`` bytes: started in the background while
-    ingest parses it when ``background`` and the object is large, else done here."""
+    ingest parses it when ``background`` and the object is large (its Future), else done
+    here (None); a failure here is :class:`StorageUnavailable` before anything is written."""
     if background and size > INLINE_FLUSH_BYTES:
         return _FLUSHER.submit(_flush, path)
-    done: Future = Future()
     try:
         _flush(path)
     except OSError as exc:
-        done.set_exception(exc)
-    else:
-        done.set_result(None)
-    return done
+        raise _flush_failed(exc) from None
+    return None
 
 
-def _flushed(flushing: Future) -> None:
+def _flushed(flushing: Future | None) -> None:
+    """Wait for a background flush (None: it was done inline)."""
     try:
-        flushing.result()
+        if flushing is not None:
+            flushing.result()
     except OSError as exc:
-        raise StorageUnavailable(f"cannot flush the received object: {exc.strerror or exc}") from None
+        raise _flush_failed(exc) from None
+
+
+def _flush_failed(exc: OSError) -> StorageUnavailable:
+    return StorageUnavailable(f"cannot flush the received object: {exc.strerror or exc}")
 
 
 def _wait_quietly(work: Future) -> None:
@@ -262,7 +266,7 @@ def _existing(archive: Archive, sop_uid: str):  # type: ignore[no-untyped-def]
 
 def _store_and_index(
     archive: Archive, spool: _Spool, parsed: ParsedInstance, size: int, sha: str,
-    source: str, calling_ae: str, flushing: Future,
+    source: str, calling_ae: str, flushing: Future | None,
 ) -> IngestResult:
     """Write the object, then one index transaction.
 
@@ -279,8 +283,8 @@ def _store_and_index(
     """
     key = instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid, sha[:16])
     try:
-        # While the spool's fsync runs in the background: a folder store links it into
-        # place and fsyncs the folder, so the two disk flushes overlap (a power loss
+        # While a large spool's fsync runs in the background: a folder store links it
+        # into place and fsyncs the folder, so the two disk flushes overlap (a power loss
         # between them leaves an object without an index row, never the reverse).
         archive.store.put_file(key, spool.path, synced=True, keep_source=True)
         _flushed(flushing)
