@@ -79,6 +79,11 @@ def consume(db: Database, consumer: Consumer, batch: int = BATCH, progress: Prog
     """Apply the events after ``consumer``'s cursor, one batch; the number of events the
     cursor moved past (0: nothing new, or another process applied this batch first).
     With ``progress``, a batch with nothing to apply may move only the remembered position."""
+    return _consume(db, consumer, batch, progress)[0]
+
+
+def _consume(db: Database, consumer: Consumer, batch: int, progress: Progress | None) -> tuple[int, int]:
+    """:func:`consume`: (events moved past, events handed to the consumer)."""
     name = consumer.name
     old = _cursor(db, name)
     since = max(old, progress.read_to.get(name, 0)) if progress is not None else old
@@ -86,37 +91,38 @@ def consume(db: Database, consumer: Consumer, batch: int = BATCH, progress: Prog
     # which no consumer wants, and every process polls every consumer.
     count, last, events = read_window(db, since, batch, {t.value for t in consumer.types})
     if not count:
-        return 0
+        return 0, 0
     now = time.monotonic()
     if progress is not None and not events and now - progress.saved_at.setdefault(name, now) < SAVE_EVERY:
         progress.read_to[name] = last
-        return count
+        return count, 0
     with db.write() as conn:
         moved = conn.execute(
             update(EventCursor).where(EventCursor.name == name, EventCursor.last_id == old)
             .values(last_id=last, updated_at=time.time())
         ).rowcount
         if moved != 1:  # another process moved it: what it applied is unknown here
-            return 0
+            return 0, 0
         for event in events:
             consumer.handle(conn, event)
     if progress is not None:
         progress.read_to[name], progress.saved_at[name] = last, now
-    return count
+    return count, len(events)
 
 
 def consume_all(db: Database, consumers: Iterable[Consumer], progress: Progress | None = None) -> int:
-    """Run each consumer until it has caught up; the number of events read. A consumer
-    whose handler fails is logged and retried at the next call (its cursor did not move)."""
+    """Run each consumer until it has caught up; the number of events handed to them (the
+    server wakes the outbox sender only then: their messages are due). A consumer whose
+    handler fails is logged and retried at the next call (its cursor did not move)."""
     total = 0
     for consumer in consumers:
         while True:
             try:
-                applied = consume(db, consumer, progress=progress)
+                moved, applied = _consume(db, consumer, BATCH, progress)
             except Exception:
                 log.exception("event consumer %s failed; it will retry", consumer.name)
                 break
             total += applied
-            if applied < BATCH:
+            if moved < BATCH:
                 break
     return total
