@@ -82,12 +82,14 @@ _PIXEL_KEYS = {"Rows": "00280010", "Columns": "00280011", "BitsAllocated": "0028
 
 #: Objects parsed here, declined to the reference, and failed here (a bug: also declined).
 counts = {"fast": 0, "declined": 0, "failed": 0}
-#: DICOM JSON of recently seen elements, by their encoded bytes (header and value), the
-#: character set and the VR encoding, which decide it: the instances of a series repeat
-#: most of their attributes (patient, study, equipment, acquisition), so most elements
-#: are converted once per series, not once per instance. Emptied when full. The
-#: attribute dicts are shared: nothing may change them after the parse.
-_ELEMENTS: dict[tuple[bytes, str, bool], tuple[str, dict[str, Any]]] = {}
+#: DICOM JSON of recently seen elements, by their encoded bytes (header and value) and
+#: the character set, which decide it: the instances of a series repeat most of their
+#: attributes (patient, study, equipment, acquisition), so most elements are converted
+#: once per series, not once per instance. Emptied when full. The attribute dicts are
+#: shared: nothing may change them after the parse. The VR encoding needs no place in the
+#: key: bytes that are an explicit VR element read, as implicit VR, as a length of at
+#: least 0x4141 (the VR's letters), far above ELEMENT_CACHED_BYTES.
+_ELEMENTS: dict[tuple[bytes, str], tuple[str, dict[str, Any]]] = {}
 ELEMENTS_KEPT = 4096
 #: Longer elements are converted every time (they rarely repeat and would crowd the cache).
 ELEMENT_CACHED_BYTES = 256
@@ -336,7 +338,7 @@ class _Walker:
         at ``pos + length``, by the reference's converter; from :data:`_ELEMENTS` when seen."""
         cacheable = pos + length - start <= ELEMENT_CACHED_BYTES
         if cacheable:
-            cache_key = (buf[start:pos + length], codec, self.explicit)
+            cache_key = (buf[start:pos + length], codec)
             seen = _ELEMENTS.get(cache_key)
             if seen is not None:
                 return seen

@@ -515,9 +515,10 @@ def test_bulk_ranges_point_at_the_values(undefined: bool) -> None:
     assert (len(located) == len(values)) is undefined  # defined length: the nested one unknown
 
 
-def test_element_cache_keys_on_the_character_set_and_vr_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_element_cache_keys_on_the_character_set(monkeypatch: pytest.MonkeyPatch) -> None:
     """Repeated elements come from the cache of converted elements: the same bytes decoded
-    under another character set, or read in the other VR encoding, are converted again."""
+    under another character set are converted again. Explicit and implicit VR objects of
+    the same data set, parsed in turn, share the cache and still equal the reference."""
     monkeypatch.setattr(fastparse, "_ELEMENTS", {})
     utf8 = "Müller^Zoë".encode()
     ds_latin, ds_utf8 = (_charset(term, "x", "y") for term in ("ISO_IR 100", "ISO_IR 192"))
