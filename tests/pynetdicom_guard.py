@@ -12,6 +12,15 @@ bench/faults.py --checks pg, docs/reliability.md; pynetdicom issue #875 reports 
 symptom). The guard puts such a response back on the queue while a ``send_*`` waits for
 it, where that ``send_*`` finds it.
 
+A second race, in ``ACSE._negotiate_as_requestor``: the requestor's thread checks that the
+transport is connected only after the reactor has sent the A-ASSOCIATE-RQ. When the
+acceptor answers with an A-ASSOCIATE-RJ fast and that thread is descheduled meanwhile, the
+reactor has received the rejection and closed the connection (PS3.8 9.2, AE-4) before the
+check, which then reads "not connected" and aborts: the association says aborted, not
+rejected (1 in ~100 rejections under a busy machine, TLS or not). The guard records any
+A-ASSOCIATE-RJ PDU received and, when the association ended aborted after one, reports it
+rejected with that PDU's result, source and reason, as pynetdicom would have.
+
 :func:`install` applies it to every association ``AE.associate`` makes (tests/conftest.py);
 :data:`UNGUARDED_ASSOCIATE` is pynetdicom's own method, for the test that replays the race.
 """
@@ -20,7 +29,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pynetdicom import evt
 from pynetdicom.ae import ApplicationEntity
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 
 UNGUARDED_ASSOCIATE = ApplicationEntity.associate
 
@@ -41,8 +52,23 @@ def keep_responses(assoc: Any) -> Any:
     return assoc
 
 
+def _note_rejection(event: Any) -> None:
+    if isinstance(event.pdu, A_ASSOCIATE_RJ):
+        event.assoc.received_rejection = event.pdu
+
+
+def keep_rejection(assoc: Any) -> Any:
+    """Report an association the acceptor rejected as rejected, whichever thread won."""
+    rejection = getattr(assoc, "received_rejection", None)
+    if rejection is not None and assoc.is_aborted and not assoc.is_established:
+        assoc.acceptor.primitive = rejection.to_primitive()
+        assoc.is_rejected, assoc.is_aborted = True, False
+    return assoc
+
+
 def _guarded_associate(self: ApplicationEntity, *args: Any, **kwargs: Any) -> Any:
-    return keep_responses(UNGUARDED_ASSOCIATE(self, *args, **kwargs))
+    kwargs["evt_handlers"] = [*(kwargs.get("evt_handlers") or []), (evt.EVT_PDU_RECV, _note_rejection)]
+    return keep_responses(keep_rejection(UNGUARDED_ASSOCIATE(self, *args, **kwargs)))
 
 
 def install() -> None:
