@@ -605,3 +605,24 @@ def test_open_blob_store(tmp_path, aws_env):
     for bad in ("", "ftp://host/x", "s3:///prefix-without-bucket", "file://remote-host/x"):
         with pytest.raises(ValueError):
             open_blob_store(bad)
+
+
+def test_link_replaces_a_damaged_object_at_its_key(tmp_path: Path) -> None:
+    """A power loss between a linked file's folder flush and its data flush can leave a
+    damaged file under a content-addressed key; storing those bytes again replaces it
+    instead of trusting the name, and keeps a sound copy as it is."""
+    store = FolderStore(tmp_path / "objects")
+    key = instance_key("1.2.3", "1.2.3.4", "1.2.3.4.5", "0123456789abcdef")
+    source = Path(store.temp_dir) / "received.dcm"
+    source.write_bytes(b"DICM" * 1000)
+    damaged = tmp_path / "objects" / key
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"DICM" * 10)
+    store.put_file(key, source, synced=True, keep_source=True)
+    assert damaged.read_bytes() == b"DICM" * 1000 and source.exists()
+    assert not list(Path(store.temp_dir).glob("*.part"))
+    sound = damaged.stat().st_ino
+    copy = Path(store.temp_dir) / "again.dcm"
+    copy.write_bytes(b"DICM" * 1000)
+    store.put_file(key, copy, synced=True, keep_source=True)
+    assert damaged.stat().st_ino == sound and damaged.read_bytes() == b"DICM" * 1000

@@ -56,10 +56,31 @@ def _fsync_dir(path: str | os.PathLike[str]) -> None:
 
 
 def _link_if_absent(src: str, dest: Path) -> None:
+    """Link ``src`` at ``dest``; an object already there is kept when it holds the same
+    bytes (keys are content-addressed), else replaced atomically: a power loss may have
+    left a file whose folder entry reached the disk before its data did (a large object's
+    data flush overlaps the folder's, pacs/ingest.py)."""
     try:
         os.link(src, dest)
     except FileExistsError:
-        pass
+        if not _same_content(src, dest):
+            tmp = f"{src}.relink{TEMP_SUFFIX}"  # a leftover is swept with the temporary files
+            os.link(src, tmp)
+            os.replace(tmp, dest)
+
+
+def _same_content(a: str | Path, b: str | Path) -> bool:
+    """Whether two files hold the same bytes (hard links of one file do, at once)."""
+    first, second = os.stat(a), os.stat(b)
+    if (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino):
+        return True
+    if first.st_size != second.st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while chunk := fa.read(_COPY_CHUNK):
+            if chunk != fb.read(len(chunk)):
+                return False
+    return True
 
 
 #: Checked folders remembered per store before the set starts again.
