@@ -22,19 +22,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    AsynchronousOperationsWindowNegotiation,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-    SCP_SCU_RoleSelectionNegotiation,
-)
-from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from . import pdu
 from .. import tls
+from .negotiation import Context, accept, reject
 from .command import C_CANCEL_RQ, C_STORE_RQ, AFFECTED_SOP_CLASS, AFFECTED_SOP_INSTANCE, MESSAGE_ID_RESPONDED, Command
 from .spool import DatasetTooLarge, FileSpool, MemorySpool, file_meta
 
@@ -65,18 +58,6 @@ class ProtocolError(Exception):
     def __init__(self, message: str, reason: int = pdu.REASON_UNEXPECTED_PDU) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    """An accepted presentation context. ``as_scu``: we may send C-STOREs on it (the
-    requestor took the SCP role, PS3.7 D.3.3.4)."""
-
-    context_id: int
-    abstract_syntax: str
-    transfer_syntax: str
-    as_scu: bool
-    as_scp: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,9 +141,7 @@ class Association:
         rejection = self._rejection(request, primitive, active)
         self.rejection = rejection  # audit trail (pacs/dimse/audit.py)
         if rejection is not None:
-            reply = A_ASSOCIATE_RJ()
-            reply.from_primitive(_reject_primitive(*rejection))
-            self._send(reply.encode())
+            self._send(reject(*rejection).encode())
             self._await_close()
             return False
         self._send(self._accept(primitive).encode())
@@ -185,28 +164,9 @@ class Association:
         return None
 
     def _accept(self, primitive: A_ASSOCIATE) -> A_ASSOCIATE_AC:
-        items = primitive.user_information
-        roles = {item.sop_class_uid: (item.scu_role, item.scp_role)
-                 for item in items if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
-        results, role_replies = negotiate_as_acceptor(
-            primitive.presentation_context_definition_list, self.config.supported_contexts, roles)
-        for context in results:
-            if context.result == 0:
-                self.contexts[context.context_id] = Context(
-                    context.context_id, str(context.abstract_syntax), str(context.transfer_syntax[0]),
-                    bool(context.as_scu), bool(context.as_scp))
-        self.peer_max_pdu = next((item.maximum_length_received for item in items
-                                  if isinstance(item, MaximumLengthNotification)), 0) or 0
-        reply = A_ASSOCIATE()
-        reply.application_context_name = pdu.APPLICATION_CONTEXT
-        reply.calling_ae_title = primitive.calling_ae_title
-        reply.called_ae_title = primitive.called_ae_title
-        reply.result, reply.result_source = 0x00, 0x01
-        reply.presentation_context_definition_results_list = results
-        reply.user_information = _user_information(self.config.max_pdu, items) + list(role_replies)
-        encoded = A_ASSOCIATE_AC()
-        encoded.from_primitive(reply)
-        return encoded
+        reply, self.contexts, self.peer_max_pdu = accept(primitive, self.config.supported_contexts,
+                                                         self.config.max_pdu)
+        return reply
 
     # -- receiving ---------------------------------------------------------------------------
     def receive(self) -> Message:
@@ -468,39 +428,3 @@ class Association:
             self.sock.close()
         except OSError:
             pass
-
-
-def _user_information(max_pdu: int, requested: list) -> list:
-    """Our User Information items (PS3.7 D.3.3): maximum length, implementation class
-    and version; one operation at a time when the requestor proposed a window."""
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = max_pdu
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = pdu.IMPLEMENTATION_CLASS_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = pdu.IMPLEMENTATION_VERSION
-    items: list = [max_length, implementation, version]
-    if any(isinstance(item, AsynchronousOperationsWindowNegotiation) for item in requested):
-        window = AsynchronousOperationsWindowNegotiation()
-        window.maximum_number_operations_invoked = 1
-        window.maximum_number_operations_performed = 1
-        items.append(window)
-    return items
-
-
-def _reject_primitive(result: int, source: int, reason: int) -> A_ASSOCIATE:
-    primitive = A_ASSOCIATE()
-    primitive.result, primitive.result_source, primitive.diagnostic = result, source, reason
-    return primitive
-
-
-def supported_contexts(table: list[tuple[str, list[str], bool, bool]]) -> list[PresentationContext]:
-    """pynetdicom contexts for negotiation from (abstract syntax, syntaxes, scu role, scp role)."""
-    contexts = []
-    for abstract, syntaxes, scu_role, scp_role in table:
-        context = PresentationContext()
-        context.abstract_syntax = abstract
-        context.transfer_syntax = syntaxes
-        context.scu_role, context.scp_role = scu_role, scp_role
-        contexts.append(context)
-    return contexts

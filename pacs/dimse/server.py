@@ -49,7 +49,8 @@ from .. import metrics, tls
 from ..balancer import Feed, bind_listener
 from . import command as cmd
 from . import audit, commitment, handlers, pdu
-from .association import Association, AssociationClosed, ProtocolError, supported_contexts
+from .association import Association, AssociationClosed, ProtocolError
+from .negotiation import supported_contexts
 from .find import handle_find
 from .get import handle_get
 from .move import handle_move
@@ -176,8 +177,8 @@ class DimseServer:
         dispatcher.register(cmd.C_GET_RQ, handle_get)
         dispatcher.register(cmd.N_ACTION_RQ, lambda request: commitment.handle_n_action(request, self.commitment))
         for binding in plugin_services():
-            for field, handler in binding.handlers.items():
-                dispatcher.register(field, handler, sop_class=binding.sop_class)
+            for command_field, handler in binding.handlers.items():
+                dispatcher.register(command_field, handler, sop_class=binding.sop_class)
         return dispatcher
 
     # -- lifecycle ---------------------------------------------------------------------------
