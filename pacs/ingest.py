@@ -170,12 +170,7 @@ def ingest_file(
     try:
         size = os.path.getsize(spool.path) if content is None else len(content)
         flushing = _start_flush(spool.path, size, flush_in_background)
-        with open(spool.path, "rb") if content is None else io.BytesIO(content) as fp:
-            parsed = parse_instance(fp, size)
-        if expected_sop_class and parsed.sop_class_uid != expected_sop_class:
-            raise SOPClassMismatch("SOPClassUID differs from the negotiated SOP class")
-        if expected_study and parsed.study_uid != expected_study:
-            raise StudyMismatch("StudyInstanceUID differs from the study of the request")
+        parsed = _parse_expected(spool.path, content, size, expected_sop_class, expected_study)
         require(caller, ingest_scope(source), parsed.study_uid)
         sha = sha256 or _sha256(spool.path)
         result = _store_and_index(archive, spool, parsed, size, sha, source, calling_ae, flushing)
@@ -192,6 +187,19 @@ def ingest_file(
         metrics.INSTANCES_STORED.labels(source=source).inc()
         metrics.BYTES_STORED.inc(size)
     return result
+
+
+def _parse_expected(path: str, content: bytes | None, size: int, sop_class: str | None,
+                    study: str | None) -> ParsedInstance:
+    """The object's header (from ``content`` when held, else from its file), refused when
+    it is not of the SOP class negotiated for it (PS3.4 B.2.3) or of the study asked for."""
+    with open(path, "rb") if content is None else io.BytesIO(content) as fp:
+        parsed = parse_instance(fp, size)
+    if sop_class and parsed.sop_class_uid != sop_class:
+        raise SOPClassMismatch("SOPClassUID differs from the negotiated SOP class")
+    if study and parsed.study_uid != study:
+        raise StudyMismatch("StudyInstanceUID differs from the study of the request")
+    return parsed
 
 
 @dataclass
@@ -377,7 +385,6 @@ def _index(
         return write(True), current.blob_key
     except IntegrityError:
         raise DuplicateConflict("SOP Instance UID stored concurrently with other content") from None
-
 
 
 def _write_rows(conn, archive: Archive, parsed: ParsedInstance, row: dict, held: bool = True) -> str:  # type: ignore[no-untyped-def]
