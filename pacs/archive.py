@@ -18,8 +18,10 @@ from .events import ChangeEvent, read_changes, sweep_stable
 from .index.db import Database
 from .index.writer import SeriesCache
 from .index.migrate import upgrade
-from .ingest import IngestResult, ingest_bytes, ingest_dataset, ingest_file, sweep_orphans
+from .ingest import IngestResult, ingest_bytes, ingest_dataset, ingest_file
+from .recovery import sweep_orphans
 from .settings import Settings
+from .staging import STAGE_BYTES, DeferredSync, restore_staged
 from .storage import BlobStore, FolderStore, open_blob_store
 
 if TYPE_CHECKING:
@@ -87,6 +89,21 @@ class Archive:
 
         require(caller, "delete", study_uid)
         return delete_objects(self, study_uid, series_uid, sop_uid)
+
+    def stages(self, size: int) -> bool:
+        """Whether a received object of ``size`` bytes, held in memory, is made durable
+        by its index commit and its file flushed afterwards (:mod:`pacs.staging`)."""
+        return size <= STAGE_BYTES and isinstance(self.store, FolderStore)
+
+    @cached_property
+    def deferred_sync(self) -> DeferredSync:
+        """Flushes staged objects' files in the background (:mod:`pacs.staging`)."""
+        assert isinstance(self.store, FolderStore)
+        return DeferredSync(self.db, self.store)
+
+    def restore_staged(self) -> int:
+        """Before serving: write back objects whose files a crash may have lost."""
+        return restore_staged(self)
 
     # -- query and retrieve, for a caller (pacs/access.py) -------------------------------
     def search(self, query: Query, tags: list[str] | None = None, *, caller: Caller) -> list[Match]:
@@ -167,6 +184,8 @@ class Archive:
         return status
 
     def close(self) -> None:
+        if "deferred_sync" in self.__dict__:  # flush the staged objects' files first
+            self.deferred_sync.close()
         if "audit" in self.__dict__:  # write the queued audit events first
             self.audit.close()
         self.db.dispose()

@@ -1,7 +1,7 @@
 """Files in the archive's incoming folder: objects on their way into the one ingest path.
 
 Every door writes what it receives to a ``*.dcm`` file there first (DESIGN.md "One
-ingest path"); :func:`pacs.ingest.sweep_orphans` removes what a crash left behind.
+ingest path"); :func:`pacs.recovery.sweep_orphans` removes what a crash left behind.
 """
 
 from __future__ import annotations

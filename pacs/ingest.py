@@ -14,7 +14,7 @@ Order of work (DESIGN.md "One ingest path"):
    ``InstanceStored`` event; then the spool is removed.
 
 The spool is the record of a write in progress: a crash between 3 and 4 (or a failure
-in 4) leaves it in the incoming folder, and :func:`sweep_orphans` later removes the
+in 4) leaves it in the incoming folder, and :func:`pacs.recovery.sweep_orphans` later removes the
 object it names unless an index row uses it. So an index row never lacks its object, and
 no object outlives a failed ingest past the grace period, without a database round trip
 before the write. Object keys are content-addressed (``<sop>.<sha256 prefix>.dcm``):
@@ -31,19 +31,19 @@ import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import metrics
 from .access import SYSTEM, Caller, ingest_scope, require
 from .errors import Conflict, DuplicateConflict, PacsError, SOPClassMismatch, StorageUnavailable, StudyMismatch
 from .events import EventType, append_event
+from .staging import stage
 from .incoming import create_spool_file
 from .index import direct
 from .index.models import Instance, PendingWrite, Series, Study
@@ -125,7 +125,7 @@ def _wait_quietly(work: Future) -> None:
         pass
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fp:
         while chunk := fp.read(1 << 20):
@@ -169,11 +169,13 @@ def ingest_file(
     flushing: Future | None = None
     try:
         size = os.path.getsize(spool.path) if content is None else len(content)
-        flushing = _start_flush(spool.path, size, flush_in_background)
+        staged = content if content is not None and archive.stages(size) else None
+        if staged is None:  # a staged object is made durable by its index commit instead
+            flushing = _start_flush(spool.path, size, flush_in_background)
         parsed = _parse_expected(spool.path, content, size, expected_sop_class, expected_study)
         require(caller, ingest_scope(source), parsed.study_uid)
-        sha = sha256 or _sha256(spool.path)
-        result = _store_and_index(archive, spool, parsed, size, sha, source, calling_ae, flushing)
+        sha = sha256 or file_sha256(spool.path)
+        result = _store_and_index(archive, spool, parsed, size, sha, source, calling_ae, flushing, staged)
     except PacsError as exc:
         metrics.INGEST_FAILURES.labels(reason=type(exc).__name__).inc()
         raise
@@ -235,7 +237,8 @@ def ingest_bytes(archive: Archive, data: bytes, *, source: str, calling_ae: str 
     fd, path = create_spool_file(archive.incoming_dir)
     with os.fdopen(fd, "wb") as fp:
         fp.write(data)
-    return ingest_file(archive, path, source=source, calling_ae=calling_ae, consume=True, caller=caller)
+    return ingest_file(archive, path, source=source, calling_ae=calling_ae, consume=True, caller=caller,
+                       content=data)
 
 
 def ingest_dataset(archive: Archive, ds: Dataset, *, source: str, caller: Caller = SYSTEM) -> IngestResult:
@@ -274,7 +277,7 @@ def _existing(archive: Archive, sop_uid: str):  # type: ignore[no-untyped-def]
 
 def _store_and_index(
     archive: Archive, spool: _Spool, parsed: ParsedInstance, size: int, sha: str,
-    source: str, calling_ae: str, flushing: Future | None,
+    source: str, calling_ae: str, flushing: Future | None, staged: bytes | None = None,
 ) -> IngestResult:
     """Write the object, then one index transaction.
 
@@ -286,15 +289,21 @@ def _store_and_index(
     An object written for nothing (policy ``keep`` or ``reject``) is removed again.
 
     Once the object is written under its key, any failure leaves the spool in the
-    incoming folder: :func:`sweep_orphans` then removes the object unless an index row
+    incoming folder: :func:`pacs.recovery.sweep_orphans` then removes the object unless an index row
     uses it (an identical copy stored concurrently may).
+
+    ``staged``: the object's bytes, recorded by the index transaction, which makes the
+    object durable; its file is flushed afterwards (pacs/staging.py).
     """
     key = instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid, sha[:16])
     try:
         # While a large spool's fsync runs in the background: a folder store links it
         # into place and fsyncs the folder, so the two disk flushes overlap (a power loss
         # between them leaves an object without an index row, never the reverse).
-        archive.store.put_file(key, spool.path, synced=True, keep_source=True)
+        if staged is None:
+            archive.store.put_file(key, spool.path, synced=True, keep_source=True)
+        else:
+            archive.store.put_file(key, spool.path, synced=True, keep_source=True, defer_sync=True)  # type: ignore[call-arg]
         _flushed(flushing)
     except BaseException:
         # A failed write may still land (an S3 PUT that timed out here completes there):
@@ -302,13 +311,15 @@ def _store_and_index(
         spool.keep = not _record_failed_write(archive, key)
         raise
     try:
-        status, replaced_key = _index(archive, parsed, key, size, sha, source, calling_ae)
+        status, replaced_key = _index(archive, parsed, key, size, sha, source, calling_ae, staged)
     except Conflict:  # refused for good by the index (not interrupted): the object goes now
         spool.keep = not _discard_unused(archive, key)
         raise
     except BaseException:
         spool.keep = True
         raise
+    if staged is not None and status in ("stored", "replaced"):
+        archive.deferred_sync.add(key)
     if status == "kept":
         spool.keep = not _discard_unused(archive, key)
         return _result(parsed, status, size, "already stored; new copy discarded")
@@ -344,7 +355,7 @@ def _discard_unused(archive: Archive, key: str) -> bool:
 
 def _index(
     archive: Archive, parsed: ParsedInstance, key: str, size: int, sha: str,
-    source: str, calling_ae: str,
+    source: str, calling_ae: str, staged: bytes | None = None,
 ) -> tuple[str, str | None]:
     """One transaction: the rows, aggregates and event; the status and, for ``replaced``,
     the key of the object replaced. The instance is inserted without looking first; when
@@ -364,7 +375,7 @@ def _index(
         **parsed.instance,
     }
     def write(held: bool) -> str:
-        return archive.db.write_grouped(lambda conn: _write_rows(conn, archive, parsed, row, held))
+        return archive.db.write_grouped(lambda conn: _write_rows(conn, archive, parsed, row, held, staged))
 
     try:
         try:
@@ -387,10 +398,19 @@ def _index(
         raise DuplicateConflict("SOP Instance UID stored concurrently with other content") from None
 
 
-def _write_rows(conn, archive: Archive, parsed: ParsedInstance, row: dict, held: bool = True) -> str:  # type: ignore[no-untyped-def]
+def _write_rows(conn, archive: Archive, parsed: ParsedInstance, row: dict, held: bool = True,  # type: ignore[no-untyped-def]
+                staged: bytes | None = None) -> str:
     now = time.time()
     if not held and _write_cached(conn, archive, parsed, row, now):
-        return "stored"
+        status = "stored"
+    else:
+        status = _write_looked_up(conn, archive, parsed, row, held, now)
+    if staged is not None and status != "duplicate":
+        stage(conn, row["blob_key"], staged)
+    return status
+
+
+def _write_looked_up(conn, archive: Archive, parsed: ParsedInstance, row: dict, held: bool, now: float) -> str:  # type: ignore[no-untyped-def]
     patient_pk = upsert_patient(conn, parsed.patient)
     study = lock_study(conn, parsed.study_uid, patient_pk, parsed.study, first=(parsed.dicom_json, row["sha256"]))
     series_pk, new_series = upsert_series(conn, parsed.series_uid, study.id, parsed.series)
@@ -444,57 +464,3 @@ def _touch(conn, study_pk: int, series_pk: int, now: float) -> None:  # type: ig
 
 def _json(value: object) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
-
-
-def sweep_orphans(archive: Archive, grace_seconds: float) -> int:
-    """Remove objects whose write never reached the index, older than the grace period."""
-    cutoff = time.time() - grace_seconds
-    with archive.db.read() as conn:
-        stale = conn.execute(
-            select(PendingWrite.id, PendingWrite.blob_key).where(PendingWrite.created_at <= cutoff)
-        ).all()
-    removed = 0
-    for pending_id, key in stale:
-        with archive.db.write() as conn:
-            in_use = conn.execute(select(Instance.id).where(Instance.blob_key == key)).first()
-            if in_use is None:
-                archive.store.delete(key)
-                removed += 1
-            conn.execute(delete(PendingWrite).where(PendingWrite.id == pending_id))
-    archive.store.sweep_temporary(grace_seconds)
-    return removed + _sweep_incoming(archive, grace_seconds)
-
-
-def _sweep_incoming(archive: Archive, grace_seconds: float) -> int:
-    """Spooled objects older than the grace period: a crash or a failure left them after
-    their object may have been written. Remove that object unless an index row uses it,
-    then the spool. Returns the number of objects removed."""
-    cutoff, removed = time.time() - grace_seconds, 0
-    for entry in Path(archive.incoming_dir).glob("*.dcm"):
-        try:
-            if entry.stat().st_mtime > cutoff:
-                continue
-            key = _spooled_key(entry)
-            if key is not None:
-                with archive.db.write() as conn:
-                    in_use = conn.execute(select(Instance.id).where(Instance.blob_key == key)).first()
-                    if in_use is None and archive.store.exists(key):
-                        archive.store.delete(key)
-                        removed += 1
-            entry.unlink()
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def _spooled_key(path: Path) -> str | None:
-    """The blob key a spooled object is stored under, or None when it cannot be parsed
-    (then it was refused before anything was written)."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fp:
-            parsed = parse_instance(fp, size)
-        sha = _sha256(str(path))
-    except (PacsError, OSError):
-        return None
-    return instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid, sha[:16])

@@ -104,6 +104,8 @@ def build_application(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         try:
+            if feed is None:  # a worker's supervisor did it before starting the workers
+                await asyncio.to_thread(archive.restore_staged)
             await asyncio.to_thread(archive.sweep_orphans)
         except PacsError as exc:  # come up anyway: /healthz and 0xA700 tell the story
             log.warning("orphan sweep at start failed: %s", exc.reason)

@@ -30,7 +30,11 @@ log = logging.getLogger(__name__)
 def _migrate(settings: Settings) -> None:
     from .archive import Archive
 
-    Archive(settings).close()
+    archive = Archive(settings)
+    try:
+        archive.restore_staged()  # before any worker ingests (pacs/staging.py)
+    finally:
+        archive.close()
 
 
 def _worker(settings: Settings, channel: socket.socket, cpu: int | None) -> None:

@@ -211,6 +211,18 @@ class PendingWrite(Base):
     created_at: Mapped[float] = mapped_column(Float, index=True)
 
 
+class StagedObject(Base):
+    """A small received object's bytes, kept in the index until its file in the blob
+    folder is durable (pacs/staging.py): written in the transaction that indexes the
+    object, deleted once the file and its folder are flushed; restored at start."""
+
+    __tablename__ = "staged_object"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    blob_key: Mapped[str] = mapped_column(String(300))  # no index: the table holds a few rows
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class RemoteAE(Base):
     """A remote application entity (C-MOVE destinations, storage commitment replies)."""
 

@@ -18,14 +18,16 @@ the errno but never a path.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import secrets
 import shutil
 import stat
+import sys
 import time
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from ..errors import StorageUnavailable
 from ._keycheck import check_key
@@ -41,6 +43,20 @@ def _reason(action: str, exc: OSError) -> str:
     code = errno.errorcode.get(exc.errno or 0, "unknown error")
     text = exc.strerror or type(exc).__name__
     return f"blob folder {action} failed: {code} ({text})"
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux's syncfs(2), which Python's os module lacks (hence ctypes), or None."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    syncfs.argtypes, syncfs.restype = [ctypes.c_int], ctypes.c_int
+    return syncfs
+
+
+_syncfs = _load_syncfs() if sys.platform.startswith("linux") else None
 
 
 def _fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -203,7 +219,7 @@ class FolderStore:
                 _unlink_quietly(tmp)
 
     def put_file(self, key: str, path: str | os.PathLike[str], *, synced: bool = False,
-                 keep_source: bool = False) -> None:
+                 keep_source: bool = False, defer_sync: bool = False) -> None:
         """Store the file at ``path`` under ``key``.
 
         On the same file system as the root, the file is fsynced and renamed into place
@@ -211,7 +227,9 @@ class FolderStore:
         place (an existing object under ``key`` is kept: keys of ingested objects are
         content-addressed, so it holds the same bytes). Otherwise it is copied into a
         temporary file first and the source is left alone. ``FileNotFoundError`` when
-        ``path`` does not exist.
+        ``path`` does not exist. ``defer_sync`` (with ``synced`` and ``keep_source``): link
+        without flushing the folder; the caller keeps the object durable elsewhere until
+        :meth:`sync_objects` (pacs/staging.py).
         """
         dest = self._path(key)
         src = os.fspath(path)
@@ -229,12 +247,46 @@ class FolderStore:
                     _link_if_absent(src, dest)
                 else:
                     os.replace(src, dest)
-                _fsync_dir(dest.parent)
+                if not defer_sync:
+                    _fsync_dir(dest.parent)
                 return
             except OSError as exc:
                 if exc.errno != errno.EXDEV:  # EXDEV: another mount after all; copy
                     raise self._write_error(exc) from exc
         self._put_copy(dest, src)
+
+    def sync_objects(self, keys: list[str]) -> None:
+        """Make the objects under ``keys``, stored with ``defer_sync``, durable: one
+        ``syncfs`` of the store's file system where Linux offers it (one device flush for
+        the whole batch, instead of one per file and per folder: each flush waits for the
+        device, the index's WAL flushes too); otherwise each file, then each folder once.
+        Deleted objects are skipped."""
+        if _syncfs is not None:
+            fd = os.open(self._root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                if _syncfs(fd) != 0:
+                    error = ctypes.get_errno()
+                    raise OSError(error, os.strerror(error))
+            finally:
+                os.close(fd)
+            return
+        folders = set()
+        for key in keys:
+            path = self._path(key)
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            folders.add(path.parent)
+        for folder in folders:
+            try:
+                _fsync_dir(folder)
+            except FileNotFoundError:
+                pass
 
     def _put_copy(self, dest: Path, src: str) -> None:
         tmp: Path | None = None
