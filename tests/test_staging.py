@@ -4,8 +4,14 @@ restored at the next start, byte for byte."""
 
 from __future__ import annotations
 
+import hashlib
+from io import BytesIO
 from pathlib import Path
 
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import select
 
 from pacs.access import SYSTEM
@@ -142,5 +148,28 @@ def test_server_start_restores_before_serving(settings: Settings) -> None:
     try:
         assert server.archive is not None
         assert _file(server.archive, key).read_bytes() == data and _staged(server.archive) == []
+    finally:
+        server.stop()
+
+
+def test_dimse_store_stages_exactly_the_stored_bytes(settings: Settings) -> None:
+    """A C-STORE from a real client: the bytes staged are the object's file byte for byte
+    (what a restart would write back), and the row's SHA-256 is theirs."""
+    server = ThreadedServer(settings).start()
+    try:
+        assert server.archive is not None
+        _held(server.archive)
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="PACS")
+        ds = make_ct(rows=32, columns=32)
+        assert assoc.send_c_store(ds).Status == 0x0000
+        assoc.release()
+        with server.archive.db.read() as conn:
+            key, sha = conn.execute(select(Instance.blob_key, Instance.sha256)
+                                    .where(Instance.sop_instance_uid == ds.SOPInstanceUID)).one()
+        [(staged_key, content)] = _staged(server.archive)
+        assert staged_key == key and content == _file(server.archive, key).read_bytes()
+        assert hashlib.sha256(content).hexdigest() == sha and dcmread(BytesIO(content)).SOPInstanceUID == ds.SOPInstanceUID
     finally:
         server.stop()

@@ -271,3 +271,13 @@ def entry_after_bump(study: Any, patient: dict[str, Any], patient_pk: int, serie
         _add_to_set(study.modalities, modality, MODALITIES_ROOM) if new_series else study.modalities,
         _add_to_set(study.sop_classes, sop_class),
     )
+
+
+def object_in_use(conn: Connection, key: str, sop_uid: str | None = None) -> bool:
+    """Whether an instance row points at the object under ``key``. With the object's SOP
+    Instance UID the look-up uses that column's unique index; without it (a recorded failed
+    write knows only the key) it scans ``instance.blob_key``, which has no index of its own."""
+    query = select(Instance.id).where(Instance.blob_key == key)
+    if sop_uid is not None:
+        query = query.where(Instance.sop_instance_uid == sop_uid)
+    return conn.execute(query.limit(1)).first() is not None
