@@ -54,6 +54,7 @@ from .index.writer import (
 )
 from .parse import ParsedInstance, parse_instance
 from .storage import instance_key
+from .storage.folder import fsync_file
 
 if TYPE_CHECKING:
     from .archive import Archive
@@ -84,22 +85,14 @@ _FLUSHER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest-fsync")
 INLINE_FLUSH_BYTES = 128 * 1024
 
 
-def _flush(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _start_flush(path: str, size: int, background: bool) -> Future | None:
     """The fsync of a received object of ``size`` bytes: started in the background while
     ingest parses it when ``background`` and the object is large (its Future), else done
     here (None); a failure here is :class:`StorageUnavailable` before anything is written."""
     if background and size > INLINE_FLUSH_BYTES:
-        return _FLUSHER.submit(_flush, path)
+        return _FLUSHER.submit(fsync_file, path)
     try:
-        _flush(path)
+        fsync_file(path)
     except OSError as exc:
         raise _flush_failed(exc) from None
     return None

@@ -314,7 +314,7 @@ def test_failed_flush_of_the_received_object_is_storage_unavailable(
         flushed_by.append(threading.current_thread().name)
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(pacs.ingest, "_flush", failing)
+    monkeypatch.setattr(pacs.ingest, "fsync_file", failing)
     spool = Path(archive.incoming_dir) / "received.dcm"
     spool.write_bytes(data)
     with pytest.raises(StorageUnavailable, match="cannot flush the received object"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import filecmp
 import os
 import secrets
 import shutil
@@ -59,6 +60,15 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _syncfs = _load_syncfs() if sys.platform.startswith("linux") else None
 
 
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """fsync the file at ``path`` (its data and size)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: str | os.PathLike[str]) -> None:
     """fsync a directory so that a rename or a new entry in it is durable."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -86,17 +96,9 @@ def _link_if_absent(src: str, dest: Path) -> None:
 
 
 def _same_content(a: str | Path, b: str | Path) -> bool:
-    """Whether two files hold the same bytes (hard links of one file do, at once)."""
-    first, second = os.stat(a), os.stat(b)
-    if (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino):
-        return True
-    if first.st_size != second.st_size:
-        return False
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while chunk := fa.read(_COPY_CHUNK):
-            if chunk != fb.read(len(chunk)):
-                return False
-    return True
+    """Whether two files hold the same bytes: hard links of one file at once, else sizes,
+    then bytes (filecmp)."""
+    return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
 
 
 #: Checked folders remembered per store before the set starts again.
@@ -237,11 +239,7 @@ class FolderStore:
         if stat.S_ISREG(st.st_mode) and st.st_dev == self._dev:
             try:
                 if not synced:
-                    fd = os.open(src, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                    fsync_file(src)
                 self._ensure_dir(dest.parent)
                 if keep_source:
                     _link_if_absent(src, dest)
@@ -274,13 +272,9 @@ class FolderStore:
         for key in keys:
             path = self._path(key)
             try:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fsync_file(path)
             except FileNotFoundError:
                 continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             folders.add(path.parent)
         for folder in folders:
             try:
