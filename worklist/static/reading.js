@@ -7,6 +7,7 @@ const api = "/api/reading-worklist";
 const $ = (selector) => document.querySelector(selector);
 let current = null; // study UID open in the editor
 let latestLoad = 0; // loads overlap (filter change, then an action): only the newest may draw
+let drawn = ""; // what the table shows, to redraw only on a change
 
 function me() {
   return $("#me").value.trim();
@@ -86,7 +87,13 @@ async function load() {
   try {
     const data = await call("GET", `${api}?${query()}`);
     if (ticket !== latestLoad) return; // a later load was started: its answer is fresher
+    // Redrawing replaces every button: a click whose press and release straddle a redraw
+    // is lost, so the periodic refresh redraws only when the list (or the user) changed.
+    const snapshot = JSON.stringify([me(), data]);
+    if (snapshot === drawn) return;
+    drawn = snapshot;
     const body = $("#worklist tbody");
+    body.dataset.radiologist = me();
     body.replaceChildren();
     for (const item of data.items) {
       const row = body.insertRow();
