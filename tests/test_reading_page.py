@@ -15,7 +15,6 @@ from pacs.consumers import consume
 from worklist import reading
 
 from .factory import make_ct, short_uid, to_bytes
-from .servers import ThreadedServer
 from .test_reports import FhirReceiver, _content_texts, _wait, emr_server, receiver_app  # noqa: F401
 
 CHROMIUM = "/usr/bin/chromium"
