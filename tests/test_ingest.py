@@ -10,11 +10,12 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from pacs.archive import Archive
 from pacs.errors import Conflict, DuplicateConflict, InvalidInstance, StorageUnavailable
 from pacs.index.models import Event, Instance, Patient, PendingWrite, Series, Study
+from pacs.storage.keys import instance_key, sop_uid_candidates
 
 from .factory import make_ct, to_bytes
 
@@ -230,6 +231,29 @@ def test_sweep_keeps_indexed_object(archive: Archive) -> None:
         conn.execute(insert(PendingWrite).values(blob_key=key, created_at=time.time() - 100))
     assert archive.sweep_orphans(grace_seconds=5) == 0
     assert archive.store.exists(key)
+
+
+@pytest.mark.parametrize("version", ["", "1234567890123456", "0a1b2c3d4e5f6789"])
+def test_sweep_finds_the_row_of_any_key(archive: Archive, version: str) -> None:
+    """A recorded failed write knows only its key; the sweep reads the SOP Instance UID back
+    from it, also when an all-digit version makes the key read as a longer UID."""
+    result = archive.ingest_bytes(to_bytes(make_ct()), source="test")
+    key = instance_key(result.study_uid, result.series_uid, result.sop_instance_uid, version)
+    archive.store.put_bytes(key, b"in use")
+    with archive.db.write() as conn:
+        conn.execute(update(Instance).where(Instance.sop_instance_uid == result.sop_instance_uid)
+                     .values(blob_key=key))
+        conn.execute(insert(PendingWrite).values(blob_key=key, created_at=time.time() - 100))
+    assert archive.sweep_orphans(grace_seconds=5) == 0
+    with archive.store.open(key) as fp:
+        assert fp.read() == b"in use"
+
+
+def test_sop_uid_candidates() -> None:
+    assert sop_uid_candidates("studies/1.2/series/1.3/1.2.3.4.dcm") == ("1.2.3.4", "1.2.3")
+    assert sop_uid_candidates("studies/1.2/series/1.3/1.2.3.4.0a1b.dcm") == ("1.2.3.4.0a1b", "1.2.3.4")
+    assert sop_uid_candidates("studies/1.2/series/1.3/4.dcm") == ("4",)
+    assert sop_uid_candidates("other/1.2.3.dcm") == ()
 
 
 def _spool(archive: Archive, data: bytes, age: float) -> Path:

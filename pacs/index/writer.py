@@ -15,6 +15,7 @@ from sqlalchemy import Connection, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import Conflict
+from ..storage.keys import sop_uid_candidates
 from . import direct
 from .models import Instance, Patient, Series, Study
 from .summary import refresh_summary, study_summary
@@ -274,10 +275,12 @@ def entry_after_bump(study: Any, patient: dict[str, Any], patient_pk: int, serie
 
 
 def object_in_use(conn: Connection, key: str, sop_uid: str | None = None) -> bool:
-    """Whether an instance row points at the object under ``key``. With the object's SOP
-    Instance UID the look-up uses that column's unique index; without it (a recorded failed
-    write knows only the key) it scans ``instance.blob_key``, which has no index of its own."""
+    """Whether an instance row points at the object under ``key``. The look-up goes through
+    the SOP Instance UID's unique index (``instance.blob_key`` has none): the caller's UID,
+    else the UIDs the key can have been made from (a recorded failed write knows only the
+    key); a key of another shape falls back to scanning ``blob_key``."""
     query = select(Instance.id).where(Instance.blob_key == key)
-    if sop_uid is not None:
-        query = query.where(Instance.sop_instance_uid == sop_uid)
+    candidates = (sop_uid,) if sop_uid is not None else sop_uid_candidates(key)
+    if candidates:
+        query = query.where(Instance.sop_instance_uid.in_(candidates))
     return conn.execute(query.limit(1)).first() is not None
