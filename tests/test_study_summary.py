@@ -4,6 +4,7 @@ while it belongs to the representative instance, and never changing an answer.""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -13,7 +14,7 @@ from sqlalchemy import delete, select, update
 from pacs.access import SYSTEM
 from pacs.archive import Archive
 from pacs.index import migrate
-from pacs.index.models import Instance, SchemaMeta, Series, Study
+from pacs.index.models import EventCounter, Instance, SchemaMeta, Series, Study
 from pacs.index.summary import SUMMARY_TAGS, SUMMARY_VERSION, covers, study_summary
 from pacs.query import Level, Query, make_matcher, search
 from pacs.query import run
@@ -140,6 +141,36 @@ def test_upgrade_rebuilds_summaries_of_another_version(archive: Archive) -> None
         conn.execute(update(Study).values(summary_json=None, summary_rep=None, summary_sha=None))
         conn.execute(delete(SchemaMeta).where(SchemaMeta.key == "study_summary"))
     migrate.upgrade(archive.db)
+    _assert_summary_of_first(archive)
+
+
+def test_upgrade_while_others_write(archive: Archive) -> None:
+    """``pacs db upgrade`` next to a running server (here: a thread writing all along, as
+    the staged objects' flush did when CI failed): the upgrade queues with the other
+    writers instead of failing with "database is locked" when its snapshot went stale."""
+    _store(archive, 1)
+    stop, written, failures = threading.Event(), [0], []
+
+    def write_all_along() -> None:
+        while not stop.is_set():
+            try:
+                with archive.db.write() as conn:
+                    conn.execute(update(EventCounter).values(last_id=EventCounter.last_id))
+                written[0] += 1
+            except Exception as exc:  # noqa: BLE001 - reported below
+                failures.append(exc)
+
+    writer = threading.Thread(target=write_all_along)
+    writer.start()
+    try:
+        for _ in range(20):
+            with archive.db.write() as conn:
+                conn.execute(update(SchemaMeta).where(SchemaMeta.key == "study_summary").values(value="0"))
+            migrate.upgrade(archive.db)
+    finally:
+        stop.set()
+        writer.join()
+    assert failures == [] and written[0] > 0
     _assert_summary_of_first(archive)
 
 

@@ -31,15 +31,17 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(db: Database) -> None:
-    """Apply every pending migration, then seed the singleton rows."""
+    """Apply every pending migration, then seed the singleton rows, in one write
+    transaction of the index's own kind: on SQLite it queues with the other writers
+    (``BEGIN IMMEDIATE``) rather than reading first and failing with "database is locked"
+    when a running server commits before its first write; the WAL is flushed after."""
     cfg = alembic_config(db.url)
-    with db.engine.begin() as conn:
+    with db.write() as conn:
         if conn.dialect.name == "postgresql":  # nodes starting together: one at a time
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
         _seed(conn)
-    db.sync_committed()  # outside Database.write: flush the WAL here (pacs/index/wal_sync.py)
 
 
 def _seed(conn: Connection) -> None:
