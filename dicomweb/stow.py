@@ -216,6 +216,11 @@ class Spool:
         self.head = b""
         self._fp: Any = None
 
+    @property
+    def started(self) -> bool:
+        """Whether part of the instance was written to the file already."""
+        return self._fp is not None
+
     def write(self, chunks: list[bytes | memoryview]) -> None:
         """Append ``chunks`` (blocking; the file is created on the first call)."""
         if self._fp is None:
@@ -307,10 +312,14 @@ def ingest_part(archive: Archive, spool: Spool, tail: list[bytes | memoryview], 
     removes (or deliberately keeps) it."""
     handed = False
     try:
+        # A small part still wholly in memory is handed over with its bytes: ingest stages
+        # it (made durable by the index commit, pacs/staging.py) and parses it from them.
+        held = None if spool.started else sum(len(chunk) for chunk in tail)
+        content = b"".join(tail) if held is not None and archive.stages(held) else None
         spool.write(tail)
         spool.close()
         handed = True
-        result = archive.ingest_file(spool.path, source=SOURCE, consume=True,
+        result = archive.ingest_file(spool.path, source=SOURCE, consume=True, content=content,
                                      sha256=spool.digest.hexdigest(), expected_study=study, caller=caller,
                                      flush_in_background=False)  # parts are ingested PIPELINE at a time
         return PartOutcome(result.sop_class_uid, result.sop_instance_uid, result=result)

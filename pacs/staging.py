@@ -5,7 +5,7 @@ means the SCP keeps it). With a folder store that took three disk flushes in a r
 object: the spool file's data, the folder it is linked into, then the index's WAL; over
 one association, where each C-STORE waits for the previous answer, they were a third of
 the time per small instance. For a small object (at most :data:`STAGE_BYTES`, whose bytes
-the DIMSE receiver still holds) the index transaction that records it also inserts its
+the DIMSE or STOW-RS receiver still holds) the index transaction that records it also inserts its
 bytes (:class:`~pacs.index.models.StagedObject`): the one WAL flush of that commit makes
 object and rows durable together, and the file is linked into its folder without a
 flush. :class:`DeferredSync` then makes those files durable in the background, a batch at
@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Objects up to this size are staged (the DIMSE receiver keeps up to 64 KiB in memory).
+#: Objects up to this size are staged (the DIMSE receiver keeps up to 64 KiB in memory,
+#: the STOW-RS reader up to 1 MiB of a part).
 STAGE_BYTES = 64 * 1024
 #: The background flush waits this long after its first object to gather a batch.
 BATCH_SECONDS = 0.05

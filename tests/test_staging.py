@@ -8,6 +8,7 @@ import hashlib
 from io import BytesIO
 from pathlib import Path
 
+from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
@@ -171,5 +172,28 @@ def test_dimse_store_stages_exactly_the_stored_bytes(settings: Settings) -> None
         [(staged_key, content)] = _staged(server.archive)
         assert staged_key == key and content == _file(server.archive, key).read_bytes()
         assert hashlib.sha256(content).hexdigest() == sha and dcmread(BytesIO(content)).SOPInstanceUID == ds.SOPInstanceUID
+    finally:
+        server.stop()
+
+
+def test_stow_stages_small_parts_only(settings: Settings) -> None:
+    """STOW-RS from dicomweb-client, one small and one large instance in one request: the
+    small part's bytes are staged exactly as stored, the large one is flushed instead."""
+    server = ThreadedServer(settings).start()
+    try:
+        assert server.archive is not None
+        _held(server.archive)
+        study = make_ct().StudyInstanceUID
+        # as read from Part 10 files: with the preamble dcmwrite needs to write Part 10 again
+        small, large = (dcmread(BytesIO(to_bytes(make_ct(study=study, rows=n, columns=n)))) for n in (32, 256))
+        client = DICOMwebClient(url=f"{server.base_url}/dicom-web")
+        answer = client.store_instances([small, large])
+        assert len(answer.ReferencedSOPSequence) == 2 and "FailedSOPSequence" not in answer
+        [(staged_key, content)] = _staged(server.archive)
+        assert staged_key == _key(server.archive, small.SOPInstanceUID)
+        assert content == _file(server.archive, staged_key).read_bytes()
+        assert dcmread(BytesIO(content)).SOPInstanceUID == small.SOPInstanceUID
+        large_file = _file(server.archive, _key(server.archive, large.SOPInstanceUID))
+        assert dcmread(large_file).SOPInstanceUID == large.SOPInstanceUID
     finally:
         server.stop()
