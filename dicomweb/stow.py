@@ -306,15 +306,18 @@ def identify(head: bytes) -> tuple[str, str]:
 
 
 def ingest_part(archive: Archive, spool: Spool, tail: list[bytes | memoryview], study: str | None,
-                caller: Caller) -> PartOutcome:
+                caller: Caller, alone: bool = False) -> PartOutcome:
     """Write the rest of the part and hand the spool to the one ingest path (blocking).
     Never raises: a refusal becomes a failed outcome; once ingest owns the spool it
-    removes (or deliberately keeps) it."""
+    removes (or deliberately keeps) it.
+
+    ``alone`` (no other part of the request is being ingested): a small part still held
+    in memory is handed over with its bytes, so ingest stages it (pacs/staging.py), two
+    flushes fewer on the request's path. Beside other parts, whose flushes overlap and
+    share one index commit, staging only added writes (docs/architecture.md)."""
     handed = False
     try:
-        # A small part still wholly in memory is handed over with its bytes: ingest stages
-        # it (made durable by the index commit, pacs/staging.py) and parses it from them.
-        held = None if spool.started else sum(len(chunk) for chunk in tail)
+        held = None if spool.started or not alone else sum(len(chunk) for chunk in tail)
         content = b"".join(tail) if held is not None and archive.stages(held) else None
         spool.write(tail)
         spool.close()
@@ -373,7 +376,8 @@ async def receive(request: web.Request, kind: str, study: str | None, budget: Bu
                     await run_blocking(spool.discard)
                     raise
                 await window.acquire()
-                future = asyncio.ensure_future(run_ingest(ingest_part, archive, spool, tail, study, caller))
+                alone = all(ingest.done() for ingest in started)
+                future = asyncio.ensure_future(run_ingest(ingest_part, archive, spool, tail, study, caller, alone))
                 future.add_done_callback(lambda _done: window.release())
                 started.append(future)
     except PacsError as exc:

@@ -178,7 +178,8 @@ def test_dimse_store_stages_exactly_the_stored_bytes(settings: Settings) -> None
 
 def test_stow_stages_small_parts_only(settings: Settings) -> None:
     """STOW-RS from dicomweb-client, one small and one large instance in one request: the
-    small part's bytes are staged exactly as stored, the large one is flushed instead."""
+    small part, first and so ingested alone, has its bytes staged exactly as stored; the
+    large one is flushed instead."""
     server = ThreadedServer(settings).start()
     try:
         assert server.archive is not None
