@@ -37,7 +37,7 @@ from pynetdicom.sop_class import (
 )
 
 from .ai_support import Receiver
-from .conftest import postgres_schema
+from .conftest import postgres_database
 from .factory import dataset_part, make_ct, short_uid, to_bytes
 from .retrieve_peers import StoreSCP
 from .servers import ProcessServer, wait_until
@@ -208,7 +208,7 @@ def nodes(tmp_path: Path, moto_endpoint: str, receivers) -> Iterator[tuple[Node,
     """Nodes A and B: one PostgreSQL schema, one bucket, each its own data dir; started
     together on a fresh database (their schema migrations must not collide)."""
     _, _, fhir_url = receivers
-    with postgres_schema() as database_url:
+    with postgres_database() as database_url:
         common = {
             **AWS,
             "PACS_DATABASE_URL": database_url,
