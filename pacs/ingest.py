@@ -307,7 +307,7 @@ def _store_and_index(
     try:
         status, replaced_key = _index(archive, parsed, key, size, sha, source, calling_ae, staged)
     except Conflict:  # refused for good by the index (not interrupted): the object goes now
-        spool.keep = not _discard_unused(archive, key, parsed.sop_instance_uid)
+        spool.keep = not _discard_unused(archive, key)
         raise
     except BaseException:
         spool.keep = True
@@ -315,7 +315,7 @@ def _store_and_index(
     if staged is not None and status in ("stored", "replaced"):
         archive.deferred_sync.add(key)
     if status == "kept":
-        spool.keep = not _discard_unused(archive, key, parsed.sop_instance_uid)
+        spool.keep = not _discard_unused(archive, key)
         return _result(parsed, status, size, "already stored; new copy discarded")
     if status == "replaced" and replaced_key not in (None, key):
         archive.store.delete(replaced_key)
@@ -334,12 +334,12 @@ def _record_failed_write(archive: Archive, key: str) -> bool:
         return False
 
 
-def _discard_unused(archive: Archive, key: str, sop_uid: str) -> bool:
+def _discard_unused(archive: Archive, key: str) -> bool:
     """Delete the object written under ``key`` unless an index row uses it (an identical
     copy committed meanwhile); False when that failed (the sweep will retry)."""
     try:
         with archive.db.write() as conn:
-            if not object_in_use(conn, key, sop_uid):
+            if not object_in_use(conn, key):
                 archive.store.delete(key)
         return True
     except (PacsError, OSError) as exc:
@@ -400,7 +400,7 @@ def _write_rows(conn, archive: Archive, parsed: ParsedInstance, row: dict, held:
     else:
         status = _write_looked_up(conn, archive, parsed, row, held, now)
     if staged is not None and status != "duplicate":
-        stage(conn, row["blob_key"], parsed.sop_instance_uid, staged)
+        stage(conn, row["blob_key"], staged)
     return status
 
 

@@ -36,7 +36,7 @@ def sweep_orphans(archive: Archive, grace_seconds: float) -> int:
     removed = 0
     for pending_id, key in stale:
         with archive.db.write() as conn:
-            if not object_in_use(conn, key):  # a failed write is recorded by its key only
+            if not object_in_use(conn, key):
                 archive.store.delete(key)
                 removed += 1
             conn.execute(delete(PendingWrite).where(PendingWrite.id == pending_id))
@@ -53,11 +53,10 @@ def _sweep_incoming(archive: Archive, grace_seconds: float) -> int:
         try:
             if entry.stat().st_mtime > cutoff:
                 continue
-            spooled = _spooled_key(entry)
-            if spooled is not None:
-                key, sop_uid = spooled
+            key = _spooled_key(entry)
+            if key is not None:
                 with archive.db.write() as conn:
-                    if not object_in_use(conn, key, sop_uid) and archive.store.exists(key):
+                    if not object_in_use(conn, key) and archive.store.exists(key):
                         archive.store.delete(key)
                         removed += 1
             entry.unlink()
@@ -66,9 +65,9 @@ def _sweep_incoming(archive: Archive, grace_seconds: float) -> int:
     return removed
 
 
-def _spooled_key(path: Path) -> tuple[str, str] | None:
-    """The blob key a spooled object is stored under and its SOP Instance UID, or None when
-    it cannot be parsed (then it was refused before anything was written)."""
+def _spooled_key(path: Path) -> str | None:
+    """The blob key a spooled object is stored under, or None when it cannot be parsed
+    (then it was refused before anything was written)."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as fp:
@@ -76,5 +75,4 @@ def _spooled_key(path: Path) -> tuple[str, str] | None:
         sha = file_sha256(str(path))
     except (PacsError, OSError):
         return None
-    key = instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid, sha[:16])
-    return key, parsed.sop_instance_uid
+    return instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid, sha[:16])

@@ -50,10 +50,9 @@ MAX_BATCH = 1000
 _INSERT_STAGED = insert(StagedObject)
 
 
-def stage(conn: Connection, key: str, sop_uid: str, content: bytes) -> None:
-    """Record ``content`` as the object under ``key`` (of instance ``sop_uid``), in the
-    caller's transaction."""
-    direct.insert(conn, _INSERT_STAGED, {"blob_key": key, "sop_instance_uid": sop_uid, "content": content})
+def stage(conn: Connection, key: str, content: bytes) -> None:
+    """Record ``content`` as the object under ``key``, in the caller's transaction."""
+    direct.insert(conn, _INSERT_STAGED, {"blob_key": key, "content": content})
 
 
 class DeferredSync:
@@ -126,15 +125,14 @@ def restore_staged(archive: Archive) -> int:
     deletes meanwhile is skipped, and a file rewritten here holds the same bytes.
     Returns the number of objects restored."""
     with archive.db.read() as conn:
-        staged = conn.execute(select(StagedObject.id, StagedObject.blob_key, StagedObject.sop_instance_uid)).all()
+        staged = conn.execute(select(StagedObject.id, StagedObject.blob_key)).all()
     restored = 0
-    for staged_id, key, sop_uid in staged:
+    for staged_id, key in staged:
         with archive.db.write() as conn:
-            used = object_in_use(conn, key, sop_uid)
             content = conn.execute(select(StagedObject.content).where(StagedObject.id == staged_id)).scalar()
             if content is None:  # flushed and deleted by its own process meanwhile
                 continue
-            if used:  # else deleted or replaced since, and its file with it
+            if object_in_use(conn, key):  # else deleted or replaced since, and its file with it
                 archive.store.put_bytes(key, content)
                 restored += 1
             conn.execute(delete(StagedObject).where(StagedObject.id == staged_id))

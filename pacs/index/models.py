@@ -220,7 +220,6 @@ class StagedObject(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     blob_key: Mapped[str] = mapped_column(String(300))  # no index: the table holds a few rows
-    sop_instance_uid: Mapped[str] = mapped_column(String(64))  # finds its instance row by index
     content: Mapped[bytes] = mapped_column(LargeBinary)
 
 

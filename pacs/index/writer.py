@@ -274,13 +274,12 @@ def entry_after_bump(study: Any, patient: dict[str, Any], patient_pk: int, serie
     )
 
 
-def object_in_use(conn: Connection, key: str, sop_uid: str | None = None) -> bool:
+def object_in_use(conn: Connection, key: str) -> bool:
     """Whether an instance row points at the object under ``key``. The look-up goes through
-    the SOP Instance UID's unique index (``instance.blob_key`` has none): the caller's UID,
-    else the UIDs the key can have been made from (a recorded failed write knows only the
-    key); a key of another shape falls back to scanning ``blob_key``."""
+    the SOP Instance UID's unique index (``instance.blob_key`` has none), with the UIDs the
+    key can have been made from; a key of another shape falls back to scanning ``blob_key``."""
     query = select(Instance.id).where(Instance.blob_key == key)
-    candidates = (sop_uid,) if sop_uid is not None else sop_uid_candidates(key)
+    candidates = sop_uid_candidates(key)
     if candidates:
         query = query.where(Instance.sop_instance_uid.in_(candidates))
     return conn.execute(query.limit(1)).first() is not None

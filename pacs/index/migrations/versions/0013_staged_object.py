@@ -23,7 +23,6 @@ def upgrade() -> None:
         'staged_object',
         sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
         sa.Column('blob_key', sa.String(length=300), nullable=False),
-        sa.Column('sop_instance_uid', sa.String(length=64), nullable=False),
         sa.Column('content', sa.LargeBinary(), nullable=False),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_staged_object')),
     )
