@@ -311,14 +311,12 @@ def ingest_part(archive: Archive, spool: Spool, tail: list[bytes | memoryview], 
     Never raises: a refusal becomes a failed outcome; once ingest owns the spool it
     removes (or deliberately keeps) it.
 
-    ``alone`` (no other part of the request is being ingested): a small part still held
-    in memory is handed over with its bytes, so ingest stages it (pacs/staging.py), two
-    flushes fewer on the request's path. Beside other parts, whose flushes overlap and
-    share one index commit, staging only added writes (docs/architecture.md)."""
+    ``alone`` (no other part being ingested): a part still in memory goes with its bytes,
+    so ingest parses them and, if small, stages it (pacs/staging.py; beside other parts
+    staging only added writes, docs/architecture.md)."""
     handed = False
     try:
-        held = None if spool.started or not alone else sum(len(chunk) for chunk in tail)
-        content = b"".join(tail) if held is not None and archive.stages(held) else None
+        content = b"".join(tail) if alone and not spool.started else None
         spool.write(tail)
         spool.close()
         handed = True
@@ -361,6 +359,12 @@ async def receive(request: web.Request, kind: str, study: str | None, budget: Bu
     archive, caller = request.app[ARCHIVE], caller_of(request)
     window = asyncio.Semaphore(PIPELINE)
     started: list[asyncio.Future[PartOutcome]] = []
+    running: set[asyncio.Future[PartOutcome]] = set()
+
+    def finished(ingest: asyncio.Future[PartOutcome]) -> None:
+        running.discard(ingest)
+        window.release()
+
     received = Received()
     try:
         async with contextlib.aclosing(parts(request, kind)) as body:
@@ -376,9 +380,10 @@ async def receive(request: web.Request, kind: str, study: str | None, budget: Bu
                     await run_blocking(spool.discard)
                     raise
                 await window.acquire()
-                alone = all(ingest.done() for ingest in started)
+                alone = not running
                 future = asyncio.ensure_future(run_ingest(ingest_part, archive, spool, tail, study, caller, alone))
-                future.add_done_callback(lambda _done: window.release())
+                future.add_done_callback(finished)
+                running.add(future)
                 started.append(future)
     except PacsError as exc:
         log.info("STOW-RS: request stopped after %d parts: %s", len(started), exc.reason)
