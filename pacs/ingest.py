@@ -296,8 +296,8 @@ def _store_and_index(
         # between them leaves an object without an index row, never the reverse).
         if staged is None:
             archive.store.put_file(key, spool.path, synced=True, keep_source=True)
-        else:
-            archive.store.put_file(key, spool.path, synced=True, keep_source=True, defer_sync=True)  # type: ignore[call-arg]
+        else:  # made durable by the index commit; the file is flushed later
+            archive.deferred_sync.link(key, spool.path)
         _flushed(flushing)
     except BaseException:
         # A failed write may still land (an S3 PUT that timed out here completes there):

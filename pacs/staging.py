@@ -67,6 +67,11 @@ class DeferredSync:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
+    def link(self, key: str, path: str) -> None:
+        """Store the unflushed file at ``path`` under ``key`` (linked, the file stays), for
+        an object that is about to be committed staged."""
+        self._store.put_file(key, path, synced=True, keep_source=True, defer_sync=True)
+
     def add(self, key: str) -> None:
         """The object under ``key`` was committed staged: make its file durable soon."""
         with self._cond:

@@ -19,23 +19,23 @@ from pacs.access import SYSTEM
 from pacs.archive import Archive
 from pacs.index.models import Instance, StagedObject
 from pacs.settings import Settings
-from pacs.staging import STAGE_BYTES
+from pacs.staging import STAGE_BYTES, DeferredSync
+from pacs.storage import FolderStore
 
 from .factory import make_ct, to_bytes
 from .servers import ThreadedServer
 
 
-class HeldSync:
-    """A deferred flush that never runs: the state a crash leaves behind."""
+class HeldSync(DeferredSync):
+    """The real deferred flush, except that it never runs: the state a crash leaves."""
 
-    def __init__(self) -> None:
+    def __init__(self, archive: Archive) -> None:
+        assert isinstance(archive.store, FolderStore)
+        super().__init__(archive.db, archive.store)
         self.keys: list[str] = []
 
     def add(self, key: str) -> None:
         self.keys.append(key)
-
-    def close(self) -> None:
-        pass
 
 
 def _staged(archive: Archive) -> list[tuple[str, bytes]]:
@@ -54,7 +54,7 @@ def _file(archive: Archive, key: str) -> Path:
 
 
 def _held(archive: Archive) -> HeldSync:
-    held = HeldSync()
+    held = HeldSync(archive)
     archive.__dict__["deferred_sync"] = held
     return held
 
