@@ -45,6 +45,7 @@ def _pg_url(database: str) -> str:
     return make_url(_pg_admin_url()).set(database=database).render_as_string(hide_password=False)
 
 
+@functools.cache
 def _admin() -> Engine:
     return create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT", poolclass=NullPool)
 
@@ -56,7 +57,6 @@ def _pg_template() -> str:
     name = f"pacs_template_{uuid.uuid4().hex[:12]}"
     with _admin().connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    _TEMPLATES.append(("postgresql", name))
     db = Database(_pg_url(name), pool_size=1)
     try:
         migrate.upgrade(db)
@@ -79,28 +79,22 @@ def _sqlite_template(folder: Path) -> Path:
     return path
 
 
-_TEMPLATES: list[tuple[str, str]] = []
-
-
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    for kind, name in _TEMPLATES:
-        if kind == "postgresql":
-            with _admin().connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    if _pg_template.cache_info().currsize:  # made during this session: drop it
+        with _admin().connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{_pg_template()}" WITH (FORCE)'))
 
 
 @contextmanager
 def postgres_database() -> Iterator[str]:
     """A URL of a new PostgreSQL database, a copy of the migrated template, dropped on exit."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    template = _pg_template()
-    admin = _admin()
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    with _admin().connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{_pg_template()}"'))
     try:
         yield _pg_url(name)
     finally:
-        with admin.connect() as conn:
+        with _admin().connect() as conn:
             conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
