@@ -108,7 +108,7 @@ def build_application(
                 await asyncio.to_thread(archive.restore_staged)
             await asyncio.to_thread(archive.sweep_orphans)
         except PacsError as exc:  # come up anyway: /healthz and 0xA700 tell the story
-            log.warning("orphan sweep at start failed: %s", exc.reason)
+            log.warning("recovery at start (staged objects, orphans) failed: %s", exc.reason)
         dimse = DimseServer(archive, feed=feed)
         await asyncio.to_thread(dimse.start, None, dimse_port, dimse_tls_port)
         app[DIMSE] = dimse
